@@ -1,0 +1,39 @@
+"""What the rest of lxdproxy knows about an instance, whatever backend found it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxdproxy.config.model import InstanceType
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A NIC from the instance's expanded devices (only what NAT target resolution needs)."""
+
+    name: str
+    nictype: str  # resolved: "bridged", "routed", "macvlan", ... ("bridged" for network=<bridge>)
+    ipv4_address: str | None = None  # the static ipv4.address key, as written
+    ipv6_address: str | None = None
+    host_name: str | None = None  # volatile.<nic>.host_name
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance: its namespaces are reached through ``pid`` (init PID) or ``netns``.
+
+    ``netns`` is a named netns (``/run/netns/<name>``) or an nsfs path; such an instance
+    shares the daemon's mount and user namespaces.
+    """
+
+    name: str
+    type: InstanceType = InstanceType.CONTAINER
+    status: str = "Running"
+    pid: int | None = None
+    netns: str | None = None
+    nics: tuple[Nic, ...] = ()
+    project: str = "default"
+
+    @property
+    def running(self) -> bool:
+        return self.status == "Running"
