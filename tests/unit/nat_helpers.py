@@ -1,0 +1,48 @@
+"""Test-only builders for NAT tests: ProxyDevice/Instance values from short strings."""
+
+from __future__ import annotations
+
+from lxdproxy.config.model import BindSide, ConnType, InstanceType, ProxyAddress, ProxyDevice
+from lxdproxy.instances.model import Instance, Nic
+
+
+def addr(text: str) -> ProxyAddress:
+    """`tcp:1.2.3.4:80-81,90` / `udp:[::1]:53` -> ProxyAddress (well-formed input only)."""
+    kind, rest = text.split(":", 1)
+    host, _, ports_text = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    ports: list[int] = []
+    for item in ports_text.split(","):
+        start, _, end = item.partition("-")
+        ports += range(int(start), int(end or start) + 1)
+    return ProxyAddress(ConnType(kind), host, tuple(ports))
+
+
+def nat_device(listen: str, connect: str, *, nat_wildcard: bool = False) -> ProxyDevice:
+    lst, con = addr(listen), addr(connect)
+    return ProxyDevice(
+        listen=lst,
+        connect=con,
+        bind=BindSide.HOST,
+        nat=True,
+        nat_wildcard=nat_wildcard,
+        port_map=tuple(
+            (p, con.ports[i] if len(con.ports) > 1 else con.ports[0])
+            for i, p in enumerate(lst.ports)
+            if len(con.ports) in (1, len(lst.ports))
+        ),
+    )
+
+
+def instance(
+    *nics: Nic, name: str = "c1", project: str = "default", vm: bool = False
+) -> Instance:
+    return Instance(
+        name=name,
+        type=InstanceType.VM if vm else InstanceType.CONTAINER,
+        nics=nics,
+        project=project,
+    )
+
+
+C1 = instance(Nic("eth0", "bridged", "10.123.0.10", "fd42::10", "veth1234"))
