@@ -1,0 +1,185 @@
+"""The namespace helper process: joins an instance's user/mount/net namespaces, optionally drops
+to a uid/gid, and makes sockets on request, handing the fds back over SCM_RIGHTS.
+
+It exists because setns() into a mount or user namespace is refused to a multi-threaded process,
+and because a path the instance controls must be resolved inside the instance's own mount
+namespace (resolving /proc/<pid>/root/... from the host follows the instance's symlinks out to the
+host: a container escape). Standard library only; started as
+``python -m lxdproxy.netns.helper_main FD``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+
+
+def _setns(fd: int, nstype: int, what: str) -> None:
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)} - Failed setns to {what} namespace")
+
+
+def enter(user: str | None, mnt: str | None, net: str | None) -> None:
+    # Open every namespace file first: after joining the mount namespace, /proc is the instance's.
+    fds = {k: os.open(p, os.O_RDONLY | os.O_CLOEXEC) for k, p in (("user", user), ("mnt", mnt), ("net", net)) if p}
+    if "user" in fds:
+        _setns(fds["user"], CLONE_NEWUSER, "user")
+        # As LXD's forkproxy does: become root of the joined user namespace.
+        try:
+            os.setgroups([])
+        except PermissionError:
+            pass
+        os.setgid(0)
+        os.setuid(0)
+    if "mnt" in fds:
+        _setns(fds["mnt"], CLONE_NEWNS, "mount")  # also resets root and cwd to the namespace's
+        os.chdir("/")
+    if "net" in fds:
+        _setns(fds["net"], CLONE_NEWNET, "network")
+    for fd in fds.values():
+        os.close(fd)
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    if not uid and not gid:
+        return
+    try:
+        os.setgroups([])
+    except PermissionError:
+        pass
+    os.setgid(gid or 0)
+    os.setuid(uid or 0)
+
+
+def _address(path: str) -> str | bytes:
+    # unix:@name is a Linux abstract socket: the @ becomes the leading NUL.
+    return b"\0" + path[1:].encode() if path.startswith("@") else path
+
+
+def bind_unix(req: dict) -> socket.socket:
+    path = req["path"]
+    if not path.startswith("@"):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            # LXD unlinks whatever is there (quirk: any file). We replace only a stale socket.
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(17, f"{path} exists and is not a socket")
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, TYPES[req["type"]])
+    try:
+        old = os.umask(0o777)  # nobody may connect before chown/chmod are done
+        try:
+            sock.bind(_address(path))
+        finally:
+            os.umask(old)
+        if not path.startswith("@"):
+            uid, gid = req.get("uid"), req.get("gid")
+            if uid is not None or gid is not None:
+                os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+            os.chmod(path, req.get("mode", 0o644))
+        if req["type"] != "dgram":
+            sock.listen(req.get("backlog", 4096))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_unix(req: dict) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, TYPES[req["type"]])
+    sock.settimeout(req.get("timeout", 5.0))
+    try:
+        sock.connect(_address(req["path"]))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_inet(req: dict) -> socket.socket:
+    sock = socket.socket(req["family"], TYPES[req["type"]])
+    sock.settimeout(req.get("timeout", 5.0))
+    try:
+        sock.connect((req["host"], req["port"]))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def new_socket(req: dict) -> socket.socket:
+    return socket.socket(req["family"], TYPES[req["type"]])
+
+
+def unlink(req: dict) -> None:
+    try:
+        st = os.lstat(req["path"])
+    except FileNotFoundError:
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        os.unlink(req["path"])
+    return None
+
+
+OPS = {"bind_unix": bind_unix, "connect_unix": connect_unix, "connect_inet": connect_inet,
+       "socket": new_socket, "unlink": unlink}
+
+
+def serve(chan: socket.socket) -> None:
+    while True:
+        data = chan.recv(65536)
+        if not data:
+            return
+        req = json.loads(data)
+        try:
+            result = OPS[req["op"]](req)
+        except OSError as exc:
+            chan.send(json.dumps({"ok": False, "errno": exc.errno or 0,
+                                  "error": exc.strerror or str(exc)}).encode())
+            continue
+        except Exception as exc:  # a bad request must not kill the helper
+            chan.send(json.dumps({"ok": False, "errno": 0, "error": str(exc)}).encode())
+            continue
+        if isinstance(result, socket.socket):
+            result.setblocking(False)
+            socket.send_fds(chan, [b'{"ok": true, "fd": true}'], [result.fileno()])
+            result.close()
+        else:
+            chan.send(b'{"ok": true}')
+
+
+def main() -> int:
+    chan = socket.socket(fileno=int(sys.argv[1]))
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    cfg = json.loads(chan.recv(65536))
+    try:
+        enter(cfg.get("user"), cfg.get("mnt"), cfg.get("net"))
+        drop_privileges(cfg.get("uid"), cfg.get("gid"))
+    except OSError as exc:
+        chan.send(json.dumps({"ok": False, "errno": exc.errno or 0, "error": exc.strerror or str(exc)}).encode())
+        return 1
+    chan.send(b'{"ok": true}')
+    serve(chan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The lab itself: reachability across namespaces, isolation of /tmp, and a clean teardown."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from tests.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+def _echo_roundtrip(sock: socket.socket, addr: tuple[str, int], payload: bytes) -> bytes:
+    with sock:
+        sock.connect(addr)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_instance_server_reachable_from_host_over_veth(lab: Lab) -> None:
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "::", 4321)
+    assert _echo_roundtrip(lab.host.socket(), (inst.ipv4, 4321), b"hello v4") == b"hello v4"
+    v6 = lab.host.socket(socket.AF_INET6)
+    assert _echo_roundtrip(v6, (inst.ipv6, 4321), b"hello v6") == b"hello v6"
+
+
+def test_instance_unix_socket_is_invisible_on_host(lab: Lab, tmp_path) -> None:
+    inst = lab.add_instance()
+    name = f"/tmp/lxplab-{lab.tag}.sock"
+    lab.echo(inst, "unix", name)
+    assert not os.path.exists(name)
+    assert inst.run(["test", "-S", name], check=False).returncode == 0
+    out = inst.run(["sh", "-c", f"echo ping | socat - UNIX-CONNECT:{name}"]).stdout
+    assert out == b"ping\n"
+
+
+def test_restart_gives_new_pid_same_address(lab: Lab) -> None:
+    inst = lab.add_instance()
+    old_pid = inst.pid
+    inst.restart()
+    assert inst.pid != old_pid
+    lab.echo(inst, "tcp", "0.0.0.0", 4321)
+    assert _echo_roundtrip(lab.host.socket(), (inst.ipv4, 4321), b"again") == b"again"
+
+
+def test_client_is_routed_through_host(lab: Lab) -> None:
+    inst = lab.add_instance()
+    client = lab.add_client()
+    lab.echo(inst, "tcp", "::", 4321)
+    assert _echo_roundtrip(client.socket(), (inst.ipv4, 4321), b"routed") == b"routed"
+    v6 = client.socket(socket.AF_INET6)
+    assert _echo_roundtrip(v6, (inst.ipv6, 4321), b"routed6") == b"routed6"
+
+
+def test_userns_instance_maps_root(lab: Lab) -> None:
+    inst = lab.add_instance(userns=True)
+    uid_map = open(f"/proc/{inst.pid}/uid_map").read().split()
+    assert uid_map == ["0", "100000", "65536"]
+    assert inst.run(["id", "-u"]).stdout.strip() == b"0"
+
+
+def test_teardown_leaves_nothing_behind() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with Lab() as lab:
+        inst = lab.add_instance()
+        client = lab.add_client()
+        server = lab.echo(inst, "tcp", "0.0.0.0", 4321)
+        names = [lab.host.name, client.name]
+        pids = [inst.pid, server.pid]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in names:
+        assert name not in listed
+        assert not os.path.exists(f"/run/netns/{name}")
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    # The machine's own namespace gained no links from the lab.
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "vi11" not in links and "br0" not in links
