@@ -66,6 +66,7 @@ class NetnsExecutor:
 
 
 _executors: dict[tuple[int, int], NetnsExecutor] = {}
+_keys_by_path: dict[str, tuple[int, int]] = {}  # to release after the namespace's path is gone
 _lock = threading.Lock()
 
 
@@ -77,16 +78,22 @@ def netns_executor(net_path: str | None) -> NetnsExecutor:
         ex = _executors.get(key)
         if ex is None:
             ex = _executors[key] = NetnsExecutor(path)
+        _keys_by_path[path] = key
         return ex
 
 
 def release_netns_executor(net_path: str) -> None:
     """Drop the cached executor of a namespace that is going away (frees its thread and fd)."""
-    try:
-        key = ns_identity(net_path)
-    except FileNotFoundError:
-        return
     with _lock:
+        key = _keys_by_path.pop(net_path, None)
+        try:
+            key = ns_identity(net_path)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the process is gone: fall back to the identity seen when the executor was made
+        if key is None:
+            return
+        for path in [p for p, k in _keys_by_path.items() if k == key]:
+            del _keys_by_path[path]
         ex = _executors.pop(key, None)
     if ex is not None:
         ex.close()

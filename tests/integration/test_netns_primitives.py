@@ -93,3 +93,17 @@ async def test_helper_abstract_socket_is_per_netns(lab: Lab) -> None:
             assert stat.S_ISSOCK(os.fstat(sock.fileno()).st_mode)
     finally:
         await helper.close()
+
+
+def test_executor_released_after_instance_died(lab: Lab) -> None:
+    from lxdproxy.netns import executor as ex_mod
+
+    inst = lab.add_instance()
+    path = inst.namespaces.net
+    ex = netns_executor(path)
+    key = ex.identity
+    inst.proc.kill()
+    inst.proc.wait()
+    assert not os.path.exists(path)
+    ex_mod.release_netns_executor(path)
+    assert key not in ex_mod._executors
