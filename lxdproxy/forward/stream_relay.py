@@ -1,0 +1,299 @@
+"""Moves bytes between two connected stream sockets; the decisions live in ``relay_state``.
+
+Three ways to move a direction's bytes, chosen per relay:
+
+- ``SPLICE``: ``os.splice`` socket -> pipe -> socket (zero-copy; the pipe is 1 MiB via
+  ``F_SETPIPE_SZ``). A socket that cannot splice answers EINVAL; that direction then falls back to
+  ``COPY`` without losing a byte (anything already in the pipe is drained into the copy buffer).
+- ``COPY``: ``recv_into`` a preallocated buffer, ``send`` from it.
+- ``RIGHTS``: unix <-> unix with ``recvmsg``/``sendmsg`` so SCM_RIGHTS file descriptors travel
+  with their bytes (as LXD's unix relay does); our copies are closed once sent.
+
+Everything is driven by ``loop.add_reader``/``add_writer`` callbacks (no task per direction), which
+works the same on asyncio's selector loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import enum
+import errno
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from lxdproxy.forward.relay_state import (
+    CloseAll,
+    Command,
+    DirectionState,
+    RelayState,
+    ShutdownWrite,
+    Side,
+)
+
+log = logging.getLogger(__name__)
+
+PIPE_SIZE = 1 << 20
+COPY_BUFFER = 64 * 1024
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Room for the most fds one SCM_RIGHTS message can carry (SCM_MAX_FD = 253).
+RIGHTS_ANCILLARY = socket.CMSG_SPACE(253 * array.array("i").itemsize)
+
+
+class RelayMode(enum.Enum):
+    SPLICE = "splice"
+    COPY = "copy"
+    RIGHTS = "rights"
+
+
+class _Direction:
+    """The I/O of one direction; asks ``RelayState`` what to do after each step."""
+
+    def __init__(self, relay: StreamRelay, source: Side, mode: RelayMode) -> None:
+        self.relay = relay
+        self.state: DirectionState = relay.state.direction(source)
+        self.src = relay.socks[source]
+        self.dst = relay.socks[source.other]
+        self.src_fd = self.src.fileno()
+        self.dst_fd = self.dst.fileno()
+        self.mode = mode
+        self.reading = False
+        self.writing = False
+        self.pipe: tuple[int, int] | None = None
+        self.buf: bytearray | None = None
+        self.start = 0  # COPY/RIGHTS: buffered bytes are buf[start:start + state.buffered]
+        self.fds: list[int] = []  # RIGHTS: received fds waiting to go out with the next send
+        self.moved = 0
+        if mode is RelayMode.SPLICE:
+            self.pipe = _make_pipe()
+        else:
+            self.buf = bytearray(COPY_BUFFER)
+
+    # -- interest ------------------------------------------------------------------------------
+    def update_interest(self) -> None:
+        loop = self.relay.loop
+        want_read, want_write = self.state.want_read(), self.state.want_write()
+        if want_read != self.reading:
+            if want_read:
+                loop.add_reader(self.src_fd, self.on_readable)
+            else:
+                loop.remove_reader(self.src_fd)
+            self.reading = want_read
+        if want_write != self.writing:
+            if want_write:
+                loop.add_writer(self.dst_fd, self.on_writable)
+            else:
+                loop.remove_writer(self.dst_fd)
+            self.writing = want_write
+
+    def release(self) -> None:
+        """Unregister and free the pipe, buffer and any fds not yet passed on."""
+        loop = self.relay.loop
+        if self.reading:
+            loop.remove_reader(self.src_fd)
+            self.reading = False
+        if self.writing:
+            loop.remove_writer(self.dst_fd)
+            self.writing = False
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.buf = None
+
+    # -- events --------------------------------------------------------------------------------
+    def on_readable(self) -> None:
+        if self.relay.closed:
+            return
+        try:
+            n = self._read()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE and self.moved == 0:
+                self._fall_back_to_copy()
+                self.on_readable()
+                return
+            self.relay.apply(self.relay.state.error(self.state.source, exc.strerror or str(exc)))
+            return
+        if n == 0:
+            if self.state.read_eof():
+                self.update_interest()
+                self.relay.apply(self.relay.state.finished(self.state.source))
+            else:
+                self.update_interest()
+            return
+        self.state.read(n)
+        self.on_writable()
+
+    def on_writable(self) -> None:
+        if self.relay.closed:
+            return
+        try:
+            while self.state.buffered:
+                n = self._write()
+                self.moved += n
+                if self.state.wrote(n):
+                    self.update_interest()
+                    self.relay.apply(self.relay.state.finished(self.state.source))
+                    return
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE:
+                self._fall_back_to_copy()
+                self.on_writable()
+                return
+            self.relay.apply(self.relay.state.error(self.state.destination, exc.strerror or ""))
+            return
+        self.update_interest()
+
+    # -- the three ways of moving bytes ---------------------------------------------------------
+    def _read(self) -> int:
+        if self.mode is RelayMode.SPLICE:
+            assert self.pipe is not None
+            return os.splice(self.src_fd, self.pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
+        assert self.buf is not None
+        self.start = 0
+        if self.mode is RelayMode.COPY:
+            return self.src.recv_into(self.buf)
+        data, ancdata, flags, _addr = self.src.recvmsg(COPY_BUFFER, RIGHTS_ANCILLARY)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            self.relay.warn("file descriptors lost in transfer (ancillary data truncated)")
+        self.buf[: len(data)] = data
+        return len(data)
+
+    def _write(self) -> int:
+        if self.mode is RelayMode.SPLICE:
+            assert self.pipe is not None
+            return os.splice(self.pipe[0], self.dst_fd, self.state.buffered, flags=SPLICE_FLAGS)
+        assert self.buf is not None
+        view = memoryview(self.buf)[self.start : self.start + self.state.buffered]
+        if self.fds:
+            # The fds ride on the first byte that goes out; once sent, our copies are surplus.
+            rights = array.array("i", self.fds)
+            n = self.dst.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
+        else:
+            n = self.dst.send(view)
+        self.start += n
+        return n
+
+    def _fall_back_to_copy(self) -> None:
+        """A socket refused splice (EINVAL): move to COPY, keeping whatever sits in the pipe."""
+        assert self.pipe is not None
+        pending = b""
+        if self.state.buffered:
+            pending = os.read(self.pipe[0], self.state.buffered)
+        for fd in self.pipe:
+            os.close(fd)
+        self.pipe = None
+        self.buf = bytearray(max(COPY_BUFFER, len(pending)))
+        self.buf[: len(pending)] = pending
+        self.start = 0
+        self.mode = RelayMode.COPY
+        self.relay.on_fallback()
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size or the per-user quota: the default 64 KiB works too
+    return r, w
+
+
+class StreamRelay:
+    """Joins ``client`` and ``target`` (both connected, either may be tcp or unix).
+
+    Takes ownership of both sockets: they are closed when the relay ends (both directions done,
+    an error, or ``close()``). ``on_close(relay, reason)`` runs once, from the loop.
+    """
+
+    def __init__(
+        self,
+        client: socket.socket,
+        target: socket.socket,
+        *,
+        mode: RelayMode = RelayMode.SPLICE,
+        on_close: Callable[[StreamRelay, str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.socks = {Side.CLIENT: client, Side.TARGET: target}
+        for sock in self.socks.values():
+            sock.setblocking(False)
+        self.state = RelayState()
+        self.closed = False
+        self.close_reason = ""
+        self.fallbacks = 0
+        self._on_close = on_close
+        self._warn = warn
+        self.directions: dict[Side, _Direction] = {}
+        try:
+            for side in Side:
+                self.directions[side] = _Direction(self, side, mode)
+        except BaseException:
+            self._release()
+            raise
+
+    def start(self) -> None:
+        for d in self.directions.values():
+            d.update_interest()
+
+    def close(self, reason: str = "closed") -> None:
+        self.apply(self.state.abort(reason))
+
+    @property
+    def mode(self) -> dict[Side, RelayMode]:
+        return {side: d.mode for side, d in self.directions.items()}
+
+    # -- called by the directions --------------------------------------------------------------
+    def apply(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            if self.closed:
+                return
+            if isinstance(cmd, ShutdownWrite):
+                try:
+                    self.socks[cmd.side].shutdown(socket.SHUT_WR)
+                except OSError as exc:
+                    self.apply(self.state.error(cmd.side, f"shutdown: {exc.strerror}"))
+            elif isinstance(cmd, CloseAll):
+                self._finish(cmd.reason)
+
+    def warn(self, message: str) -> None:
+        if self._warn is not None:
+            self._warn(message)
+        else:
+            log.warning("%s", message)
+
+    def on_fallback(self) -> None:
+        self.fallbacks += 1
+
+    def _finish(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self._release()
+        if self._on_close is not None:
+            self._on_close(self, reason)
+
+    def _release(self) -> None:
+        for d in self.directions.values():
+            d.release()
+        for sock in self.socks.values():
+            sock.close()

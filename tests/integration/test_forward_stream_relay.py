@@ -1,0 +1,151 @@
+"""The stream relay over real kernel sockets (unix socketpairs: no network, no namespaces needed).
+
+Layout: app_client <-> [client | relay | target] <-> app_target.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import fcntl
+import os
+import socket
+
+import pytest
+
+from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Pair:
+    def __init__(self, mode: RelayMode) -> None:
+        self.app_client, relay_client = socket.socketpair()
+        relay_target, self.app_target = socket.socketpair()
+        for s in (self.app_client, self.app_target):
+            s.setblocking(False)
+        self.reasons: list[str] = []
+        self.closed = asyncio.get_running_loop().create_future()
+        self.relay = StreamRelay(relay_client, relay_target, mode=mode, on_close=self._closed)
+        self.relay.start()
+
+    def _closed(self, relay: StreamRelay, reason: str) -> None:
+        self.reasons.append(reason)
+        self.closed.set_result(reason)
+
+    def close_apps(self) -> None:
+        self.app_client.close()
+        self.app_target.close()
+
+
+async def _read_to_eof(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while chunk := await loop.sock_recv(sock, 1 << 16):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("mode", list(RelayMode))
+async def test_bulk_both_ways_then_half_close_answer_arrives(mode: RelayMode) -> None:
+    before = _fd_count()
+    loop = asyncio.get_running_loop()
+    p = Pair(mode)
+    up = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def target_side() -> None:
+        # A server that answers only after the client's EOF (LXD's unix relay loses this answer).
+        got = await _read_to_eof(p.app_target)
+        assert got == up
+        await loop.sock_sendall(p.app_target, b"answer:" + got[:1000])
+        p.app_target.shutdown(socket.SHUT_WR)
+
+    server = asyncio.create_task(target_side())
+    await loop.sock_sendall(p.app_client, up)
+    p.app_client.shutdown(socket.SHUT_WR)
+    answer = await asyncio.wait_for(_read_to_eof(p.app_client), 20)
+    await server
+    assert answer == b"answer:" + up[:1000]
+    assert await asyncio.wait_for(p.closed, 5) == "both directions finished"
+    assert p.relay.mode == {side: mode for side in p.relay.mode}
+    p.close_apps()
+    assert _fd_count() == before
+
+
+async def test_writing_to_a_dead_target_closes_both_sides() -> None:
+    loop = asyncio.get_running_loop()
+    p = Pair(RelayMode.SPLICE)
+    p.app_target.close()
+    # A full close looks like a half-close from here: the client sees EOF and may still talk...
+    assert await asyncio.wait_for(_read_to_eof(p.app_client), 5) == b""
+    assert not p.closed.done()
+    # ...but what it sends cannot be delivered (EPIPE): the relay gives up on both sides.
+    await loop.sock_sendall(p.app_client, b"anyone there?")
+    assert (await asyncio.wait_for(p.closed, 5)).startswith("target: ")
+    p.close_apps()
+
+
+async def test_close_from_outside_releases_everything() -> None:
+    before = _fd_count()
+    p = Pair(RelayMode.SPLICE)
+    p.relay.close("device stopped")
+    assert p.reasons == ["device stopped"]
+    assert await asyncio.wait_for(_read_to_eof(p.app_client), 5) == b""
+    p.close_apps()
+    assert _fd_count() == before
+
+
+async def test_splice_einval_falls_back_to_copy_without_losing_bytes() -> None:
+    # The kernel refuses splice into a file opened O_APPEND (EINVAL) - for sockets too. The first
+    # chunk is then already in the pipe and must come out through the copy path.
+    loop = asyncio.get_running_loop()
+    app_client, relay_client = socket.socketpair()
+    relay_target, app_target = socket.socketpair()
+    flags = fcntl.fcntl(relay_target.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(relay_target.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+    relay = StreamRelay(relay_client, relay_target, mode=RelayMode.SPLICE)
+    relay.start()
+    app_client.setblocking(False)
+    app_target.setblocking(False)
+    data = os.urandom(200_000)
+    await loop.sock_sendall(app_client, data)
+    app_client.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_to_eof(app_target), 5) == data
+    from lxdproxy.forward.relay_state import Side
+
+    assert relay.mode[Side.CLIENT] is RelayMode.COPY
+    assert relay.mode[Side.TARGET] is RelayMode.SPLICE
+    assert relay.fallbacks == 1
+    relay.close()
+    app_client.close()
+    app_target.close()
+
+
+async def test_rights_mode_carries_fds_and_closes_our_copies() -> None:
+    p = Pair(RelayMode.RIGHTS)
+    r, w = os.pipe()
+    baseline = _fd_count()
+    fds = array.array("i", [r, w])
+    p.app_client.setblocking(True)
+    p.app_client.sendmsg([b"fds"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    p.app_target.setblocking(True)
+    msg, anc, _flags, _ = await asyncio.to_thread(
+        p.app_target.recvmsg, 100, socket.CMSG_SPACE(2 * fds.itemsize)
+    )
+    assert msg == b"fds"
+    got = array.array("i")
+    got.frombytes(anc[0][2])
+    assert len(got) == 2
+    # The fds work end to end: write into the received write end, read from our read end.
+    os.write(got[1], b"through")
+    assert os.read(r, 100) == b"through"
+    for fd in got:
+        os.close(fd)
+    # The relay closed its own copies: only the two fds we received (now closed) were added.
+    assert _fd_count() == baseline
+    os.close(r)
+    os.close(w)
+    p.relay.close()
+    p.close_apps()
