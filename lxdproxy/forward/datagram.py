@@ -1,0 +1,625 @@
+"""The data plane's datagram side: udp->udp sessions, and stream (tcp/unix) -> udp relays.
+
+Both run on the daemon's one event loop with ``loop.add_reader`` callbacks that drain their
+socket without blocking (many datagrams per wakeup, one preallocated 64 KiB buffer, ``sendto``
+straight away) and fall back to ``add_writer`` only when a send would block. This works the
+same under asyncio and uvloop.
+
+Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
+- sessions are keyed by (listen socket, client address): LXD keeps one process-global table
+  keyed by the client's ``ip:port``, so a client talking to two listen ports of one device
+  shares the first port's session and target;
+- no truncation: a datagram of up to 64 KiB goes through whole (LXD truncates at 32 KiB);
+- an ICMP error from the target (ECONNREFUSED on the session's connected socket) drops the
+  session, so the client's next datagram builds a fresh one (LXD's reverse reader dies but the
+  session lives on, and the client gets no replies until it has been idle for 30 minutes);
+- the stream->udp relay ends after ``idle_timeout`` without traffic, or when the client has
+  fully closed (LXD lingers until the UDP socket errors or a reply write fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.proto.udp_sessions import UdpSession, UdpSessionTable
+
+log = logging.getLogger(__name__)
+
+# The largest UDP payload is 65507 bytes over IPv4 and 65527 over IPv6 (without jumbograms):
+# a 64 KiB buffer never truncates one.
+MAX_DATAGRAM = 65536
+_MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+# Datagrams handled per wakeup, so one busy socket cannot starve the rest of the loop.
+BATCH = 256
+# While a new session's target socket is being opened, its client's datagrams wait here.
+PENDING_MAX_DATAGRAMS = 64
+PENDING_MAX_BYTES = 256 * 1024
+# Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
+# as the kernel would drop them).
+SEND_QUEUE_MAX_DATAGRAMS = 1024
+# The opening of a target socket that stop() waits for before giving up on it.
+STOP_OPEN_GRACE = 5.0
+# After the client's half-close a TCP/unix peer's full close raises no read event, so the
+# stream->udp relay polls for POLLHUP/POLLERR this often.
+HANGUP_POLL_INTERVAL = 1.0
+# Timers may fire this much early (asyncio rounds to its clock resolution).
+_TIMER_SLACK = 1e-3
+
+HeaderFactory = Callable[[tuple, tuple], bytes]
+OpenTarget = Callable[[int], Awaitable[socket.socket]]
+
+
+class _Session:
+    """Socket state of one client of one listen socket: its own connected target socket."""
+
+    __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
+                 "closed")
+
+    def __init__(self, client: tuple, header: bytes | None) -> None:
+        self.client = client
+        self.header = header
+        self.entry: UdpSession[_Session] | None = None  # its row in the session table
+        self.sock: socket.socket | None = None  # None while it is being opened
+        self.fd = -1
+        self.pending: list[bytes] | None = []  # datagrams received while opening
+        self.pending_bytes = 0
+        self.out: deque[bytes] = deque()  # datagrams waiting for the target socket to drain
+        self.closed = False
+
+
+class UdpListenerRelay:
+    """udp->udp for one listen socket: one session (and one target socket) per client.
+
+    ``open_target(connect_port)`` returns a connected UDP socket in the target namespace.
+    ``header_factory(client_addr, local_addr)``, when given, returns the bytes (a PROXY v2
+    DGRAM header) prepended to every datagram sent to the target for that client.
+    The caller owns ``listen_sock``: ``stop()`` leaves it open.
+    """
+
+    def __init__(
+        self,
+        listen_sock: socket.socket,
+        connect_port: int,
+        open_target: OpenTarget,
+        *,
+        header_factory: HeaderFactory | None = None,
+        idle_timeout: float = 1800.0,
+        max_sessions: int = 4096,
+    ) -> None:
+        self._sock = listen_sock
+        self._fd = listen_sock.fileno()
+        self._local = listen_sock.getsockname()
+        self._connect_port = connect_port
+        self._open_target = open_target
+        self._header_factory = header_factory
+        # Keyed by (this listen socket, client address): one table per listen socket, so the
+        # same client on two listen ports gets two sessions (LXD bug, spec §4.4).
+        # Least recently active first: the front is both the next to expire and the one to
+        # evict when the table is full.
+        self._table: UdpSessionTable[_Session] = UdpSessionTable(
+            self._clock, idle_timeout=idle_timeout, max_sessions=max_sessions)
+        self._now = 0.0  # loop time, read once per wakeup
+        self._buf = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buf)
+        self._replies: deque[tuple[bytes, tuple]] = deque()  # waiting for the listen socket
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._opening: set[asyncio.Task[None]] = set()
+        self._running = False
+        self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def session_count(self) -> int:
+        return len(self._table)
+
+    def start(self) -> None:
+        """Start serving on the running loop."""
+        if self._running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        self._running = True
+        self._loop.add_reader(self._fd, self._on_listen_readable)
+
+    async def stop(self) -> None:
+        """Stop reading and close every session socket (not the listen socket)."""
+        was_running, self._running = self._running, False
+        loop = self._loop
+        if loop is not None and was_running:
+            loop.remove_reader(self._fd)
+            if self._replies:
+                loop.remove_writer(self._fd)
+        self._replies.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for entry in self._table.clear():
+            self._close(entry.value)
+        # A target being opened (maybe in a namespace thread) cannot be interrupted without
+        # leaking its socket: give it a moment to arrive, so _open() closes it.
+        if self._opening:
+            _done, slow = await asyncio.wait(set(self._opening), timeout=STOP_OPEN_GRACE)
+            for task in slow:
+                task.cancel()
+
+    def _clock(self) -> float:
+        return self._now
+
+    # -- client -> target --------------------------------------------------------------
+
+    def _on_listen_readable(self) -> None:
+        recvfrom_into = self._sock.recvfrom_into
+        buf = self._buf
+        view = self._view
+        table = self._table
+        lid = self._fd
+        self._now = self._loop.time()  # type: ignore[union-attr]
+        for _ in range(BATCH):
+            try:
+                n, client = recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # An unconnected socket only sees ICMP errors with IP_RECVERR; anything else
+                # is consumed by this read, so keep going.
+                self._log.warning("receive failed: %s", e)
+                continue
+            entry = table.get(lid, client)
+            if entry is None:
+                self._new_session(client, bytes(view[:n]))
+                continue
+            table.touch(entry)
+            s = entry.value
+            if s.sock is None:
+                self._queue_pending(s, bytes(view[:n]))
+            elif s.out:
+                self._queue_out(s, view[:n])
+            else:
+                self._send_to_target(s, view[:n])
+
+    def _new_session(self, client: tuple, first: bytes) -> None:
+        if not self._running:
+            return
+        header = None
+        if self._header_factory is not None:
+            try:
+                header = self._header_factory(client, self._local)
+            except Exception as e:  # the factory is the runtime's code: never kill the loop
+                self._log.warning("no PROXY header for %r, datagram dropped: %s", client, e)
+                return
+        s = _Session(client, header)
+        lookup = self._table.add(self._fd, client, s)
+        s.entry = lookup.session
+        for evicted in lookup.evicted:  # the table was full: least recently active goes
+            self._close(evicted.value)
+        self._queue_pending(s, first)
+        task = self._loop.create_task(self._open(s))  # type: ignore[union-attr]
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+        self._arm_timer()
+
+    def _queue_pending(self, s: _Session, data: bytes) -> None:
+        pending = s.pending
+        if pending is None:
+            return
+        if (len(pending) >= PENDING_MAX_DATAGRAMS
+                or s.pending_bytes + len(data) > PENDING_MAX_BYTES):
+            self._log.warning("target for %r not open yet: datagram dropped", s.client)
+            return
+        pending.append(data)
+        s.pending_bytes += len(data)
+
+    async def _open(self, s: _Session) -> None:
+        try:
+            sock = await self._open_target(self._connect_port)
+        except Exception as e:
+            self._log.warning("cannot open target port %d for %r: %s",
+                              self._connect_port, s.client, e)
+            self._drop(s)  # the client's next datagram tries again
+            return
+        if s.closed or not self._running:
+            sock.close()
+            return
+        self._now = self._loop.time()  # type: ignore[union-attr]
+        sock.setblocking(False)
+        s.sock = sock
+        s.fd = sock.fileno()
+        self._loop.add_reader(s.fd, self._on_target_readable, s)  # type: ignore[union-attr]
+        pending, s.pending = s.pending or [], None
+        for data in pending:
+            if s.closed:  # refused mid-flush: the rest goes to the replacement session
+                self._deliver(s.client, data)
+            elif s.out:
+                self._queue_out(s, data)
+            else:
+                self._send_to_target(s, data)
+
+    def _deliver(self, client: tuple, data: bytes) -> None:
+        entry = self._table.get(self._fd, client)
+        if entry is None:
+            self._new_session(client, data)
+            return
+        s = entry.value
+        if s.sock is None:
+            self._queue_pending(s, data)
+        elif s.out:
+            self._queue_out(s, data)
+        else:
+            self._send_to_target(s, data)
+
+    def _send_to_target(self, s: _Session, data: memoryview | bytes) -> None:
+        try:
+            if s.header is None:
+                s.sock.send(data)  # type: ignore[union-attr]
+            else:
+                s.sock.sendmsg((s.header, data))  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            self._queue_out(s, data)
+            self._loop.add_writer(s.fd, self._on_target_writable, s)  # type: ignore[union-attr]
+        except ConnectionRefusedError:
+            # The target answered an earlier datagram with ICMP unreachable. Start over with
+            # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
+            client = s.client
+            self._drop(s)
+            self._deliver(client, bytes(data))
+        except OSError as e:
+            self._log.warning("send to target for %r failed, datagram dropped: %s", s.client, e)
+
+    def _queue_out(self, s: _Session, data: memoryview | bytes) -> None:
+        if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
+            self._log.warning("target for %r is not draining: datagram dropped", s.client)
+            return
+        s.out.append(bytes(data) if s.header is None else s.header + bytes(data))
+
+    def _on_target_writable(self, s: _Session) -> None:
+        out = s.out
+        while out:
+            try:
+                s.sock.send(out[0])  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                pass  # reported for an earlier datagram; the reader drops the session
+            except OSError as e:
+                self._log.warning("send to target for %r failed: %s", s.client, e)
+            out.popleft()
+        self._loop.remove_writer(s.fd)  # type: ignore[union-attr]
+
+    # -- target -> client --------------------------------------------------------------
+
+    def _on_target_readable(self, s: _Session) -> None:
+        recv_into = s.sock.recv_into  # type: ignore[union-attr]
+        buf = self._buf
+        view = self._view
+        client = s.client
+        got = False
+        for _ in range(BATCH):
+            try:
+                n = recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                # ECONNREFUSED: ICMP unreachable from the target. Drop the session so the
+                # client's next datagram re-creates it (LXD bug §9.10).
+                self._log.info("target for %r failed, session dropped: %s", client, e)
+                self._drop(s)
+                return
+            got = True
+            if self._replies:
+                self._queue_reply(view[:n], client)
+                continue
+            try:
+                self._sock.sendto(view[:n], client)
+            except (BlockingIOError, InterruptedError):
+                self._queue_reply(view[:n], client)
+                self._loop.add_writer(self._fd, self._on_listen_writable)  # type: ignore[union-attr]
+            except OSError as e:
+                self._log.warning("reply to %r failed, datagram dropped: %s", client, e)
+        if got:
+            self._now = self._loop.time()  # type: ignore[union-attr]
+            self._table.touch(s.entry)  # type: ignore[arg-type]  # replies reset the timer too
+
+    def _queue_reply(self, data: memoryview, client: tuple) -> None:
+        if len(self._replies) >= SEND_QUEUE_MAX_DATAGRAMS:
+            self._log.warning("listen socket is not draining: reply dropped")
+            return
+        self._replies.append((bytes(data), client))
+
+    def _on_listen_writable(self) -> None:
+        replies = self._replies
+        while replies:
+            data, client = replies[0]
+            try:
+                self._sock.sendto(data, client)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log.warning("reply to %r failed, datagram dropped: %s", client, e)
+            replies.popleft()
+        self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _drop(self, s: _Session) -> None:
+        """Remove a session from the table and close it."""
+        if s.entry is not None:
+            self._table.remove(s.entry)
+        self._close(s)
+
+    def _close(self, s: _Session) -> None:
+        if s.closed:
+            return
+        s.closed = True
+        s.pending = None
+        if s.sock is not None:
+            self._loop.remove_reader(s.fd)  # type: ignore[union-attr]
+            if s.out:
+                self._loop.remove_writer(s.fd)  # type: ignore[union-attr]
+                s.out.clear()
+            s.sock.close()
+        # A session still opening is closed by _open() when its socket arrives.
+
+    def _arm_timer(self) -> None:
+        """Sleep until the oldest session could expire (not one timer per datagram)."""
+        at = self._table.next_expiry()
+        if at is None or not self._running:
+            return
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return  # fires early enough; _expire re-arms
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._expire)  # type: ignore[union-attr]
+
+    def _expire(self) -> None:
+        self._timer = None
+        # Timers may fire a hair early: count a session that far from its deadline as expired.
+        self._now = self._loop.time() + _TIMER_SLACK  # type: ignore[union-attr]
+        for entry in self._table.expire():
+            self._close(entry.value)
+        self._now -= _TIMER_SLACK
+        self._arm_timer()
+
+
+async def relay_stream_to_datagram(
+    stream_sock: socket.socket,
+    dgram_sock: socket.socket,
+    *,
+    header: bytes | None = None,
+    idle_timeout: float = 1800.0,
+) -> None:
+    """tcp->udp or unix->udp for one accepted connection; closes both sockets at the end.
+
+    Each chunk read from the stream becomes one datagram (no framing, as LXD), with
+    ``header`` (a PROXY v2 DGRAM header) in front when given; replies flow back into the
+    stream. After the client's half-close, replies keep flowing (LXD checklist H: the UDP
+    reply arrives after the half-close) until ``idle_timeout`` without traffic either way or
+    until the client has fully closed.
+    """
+    if idle_timeout <= 0:
+        raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+    await _StreamToDatagram(stream_sock, dgram_sock, header, float(idle_timeout)).run()
+
+
+class _StreamToDatagram:
+    def __init__(self, stream: socket.socket, dgram: socket.socket, header: bytes | None,
+                 idle: float) -> None:
+        self._stream = stream
+        self._dgram = dgram
+        self._sfd = stream.fileno()
+        self._dfd = dgram.fileno()
+        self._header = header or None
+        self._idle = idle
+        hlen = len(header) if header else 0
+        self._chunk = _MAX_PAYLOAD.get(dgram.family, 65507) - hlen  # one chunk = one datagram
+        if self._chunk <= 0:
+            raise ValueError("PROXY header leaves no room for data in a datagram")
+        self._buf = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buf)
+        self._to_dgram: deque[bytes] = deque()  # datagrams waiting for the UDP socket
+        self._to_stream: deque[bytes] = deque()  # reply bytes waiting for the stream
+        self._eof = False
+        self._reading_stream = False
+        self._reading_dgram = False
+        self._last = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._log = RateLimitedLog(log, "stream->udp relay")
+
+    async def run(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        try:
+            self._stream.setblocking(False)
+            self._dgram.setblocking(False)
+            self._last = loop.time()
+            self._resume_stream()
+            self._resume_dgram()
+            self._arm_timer()
+            await self._done
+        finally:
+            self._teardown()
+
+    def _finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _teardown(self) -> None:
+        loop = self._loop
+        if self._timer is not None:
+            self._timer.cancel()
+        if loop is not None:
+            for fd in (self._sfd, self._dfd):
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+        self._stream.close()
+        self._dgram.close()
+
+    def _resume_stream(self) -> None:
+        if not self._reading_stream and not self._eof:
+            self._reading_stream = True
+            self._loop.add_reader(self._sfd, self._on_stream_readable)  # type: ignore[union-attr]
+
+    def _pause_stream(self) -> None:
+        if self._reading_stream:
+            self._reading_stream = False
+            self._loop.remove_reader(self._sfd)  # type: ignore[union-attr]
+
+    def _resume_dgram(self) -> None:
+        if not self._reading_dgram:
+            self._reading_dgram = True
+            self._loop.add_reader(self._dfd, self._on_dgram_readable)  # type: ignore[union-attr]
+
+    def _pause_dgram(self) -> None:
+        if self._reading_dgram:
+            self._reading_dgram = False
+            self._loop.remove_reader(self._dfd)  # type: ignore[union-attr]
+
+    # -- stream -> datagram ------------------------------------------------------------
+
+    def _on_stream_readable(self) -> None:
+        self._last = self._loop.time()  # type: ignore[union-attr]
+        for _ in range(16):
+            try:
+                n = self._stream.recv_into(self._buf, self._chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log.info("client connection failed: %s", e)
+                self._finish()
+                return
+            if n == 0:
+                # Half-close: the UDP side has no EOF to pass on, and replies may still come.
+                self._pause_stream()
+                self._eof = True
+                self._arm_timer()
+                return
+            if not self._send_datagram(self._view[:n]):
+                # The UDP socket is full: stop reading so TCP pushes back on the client.
+                self._pause_stream()
+                return
+
+    def _send_datagram(self, data: memoryview) -> bool:
+        """Send one datagram now, or queue it; False when it had to be queued."""
+        for _attempt in range(2):
+            try:
+                if self._header is None:
+                    self._dgram.send(data)
+                else:
+                    self._dgram.sendmsg((self._header, data))
+                return True
+            except (BlockingIOError, InterruptedError):
+                self._to_dgram.append((self._header or b"") + bytes(data))
+                self._loop.add_writer(self._dfd, self._on_dgram_writable)  # type: ignore[union-attr]
+                return False
+            except ConnectionRefusedError:
+                # ICMP unreachable for an earlier datagram; the socket stays usable and the
+                # target may be back: send this one again.
+                continue
+            except OSError as e:
+                self._log.warning("datagram dropped: %s", e)
+                return True
+        return True
+
+    def _on_dgram_writable(self) -> None:
+        queue = self._to_dgram
+        while queue:
+            try:
+                self._dgram.send(queue[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log.warning("datagram dropped: %s", e)
+            queue.popleft()
+        self._loop.remove_writer(self._dfd)  # type: ignore[union-attr]
+        self._resume_stream()
+
+    # -- datagram -> stream ------------------------------------------------------------
+
+    def _on_dgram_readable(self) -> None:
+        self._last = self._loop.time()  # type: ignore[union-attr]
+        for _ in range(BATCH):
+            try:
+                n = self._dgram.recv_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                continue  # ICMP unreachable: nobody is listening yet; the client may retry
+            except OSError as e:
+                self._log.warning("target socket failed: %s", e)
+                self._finish()
+                return
+            try:
+                sent = self._stream.send(self._view[:n])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:  # EPIPE / ECONNRESET: the client has gone away
+                self._log.info("client connection closed: %s", e)
+                self._finish()
+                return
+            if sent < n:
+                # The stream is full: keep the rest, stop reading replies until it drains.
+                self._to_stream.append(bytes(self._view[sent:n]))
+                self._pause_dgram()
+                self._loop.add_writer(self._sfd, self._on_stream_writable)  # type: ignore[union-attr]
+                return
+
+    def _on_stream_writable(self) -> None:
+        queue = self._to_stream
+        while queue:
+            data = queue[0]
+            try:
+                sent = self._stream.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log.info("client connection closed: %s", e)
+                self._finish()
+                return
+            if sent < len(data):
+                queue[0] = data[sent:]
+                return
+            queue.popleft()
+        self._loop.remove_writer(self._sfd)  # type: ignore[union-attr]
+        self._resume_dgram()
+
+    # -- idle timeout and hang-up --------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop
+        now = loop.time()  # type: ignore[union-attr]
+        delay = self._last + self._idle - now
+        if self._eof:
+            delay = min(delay, HANGUP_POLL_INTERVAL)
+        self._timer = loop.call_later(max(delay, 0.0), self._on_timer)  # type: ignore[union-attr]
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._loop.time()  # type: ignore[union-attr]
+        if now + _TIMER_SLACK >= self._last + self._idle:
+            self._log.info("idle for %.0f s: closing", self._idle)
+            self._finish()
+            return
+        if self._eof and _hung_up(self._sfd):
+            self._finish()
+            return
+        self._arm_timer()
+
+
+def _hung_up(fd: int) -> bool:
+    """True once the peer has fully closed (unix) or reset (tcp) the connection."""
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+    return any(ev & (select.POLLHUP | select.POLLERR) for _fd, ev in poller.poll(0))
