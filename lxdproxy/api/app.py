@@ -1,0 +1,303 @@
+"""The aiohttp application: LXD REST routes (spec lxd-rest-api.md §8) over InstanceService.
+
+Every error becomes an LXD error envelope here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from lxdproxy.api.envelopes import (
+    async_response,
+    error_response,
+    etag_of,
+    lxd_error_response,
+    sync_response,
+)
+from lxdproxy.api.operations import OperationRegistry, instance_resources
+from lxdproxy.api.request_json import decode_object
+from lxdproxy.api.server_info import server_info
+from lxdproxy.api.service import InstanceService
+from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
+
+log = logging.getLogger("lxdproxy.api")
+
+SERVICE = web.AppKey("service", InstanceService)
+OPS = web.AppKey("ops", OperationRegistry)
+INFO = web.AppKey("info", dict)  # keyword arguments for server_info()
+TRUST = web.AppKey("trust", object)  # lxdproxy.tls.TrustStore or None
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DEFAULT_PROFILE = {
+    "config": {},
+    "description": "Default LXD profile",
+    "devices": {},
+    "name": "default",
+    "used_by": [],
+    "project": "default",
+}
+
+
+@web.middleware
+async def lxd_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        project = request.query.get("project")
+        if project not in (None, "", "default"):
+            # Projects are not advertised; only the default project exists.
+            raise NotFoundError("Project not found")
+        return await handler(request)
+    except LxdError as exc:
+        return lxd_error_response(exc)
+    except web.HTTPMethodNotAllowed:
+        return error_response("method not allowed", 405)
+    except web.HTTPNotFound:
+        return error_response("not found", 404)
+    except web.HTTPException as exc:
+        return error_response(exc.reason.lower(), exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(f"Internal error: {exc}", 500)
+
+
+@web.middleware
+async def tls_trust(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Over HTTPS, only clients whose certificate is in the trust store see anything; an
+    untrusted client may read ``GET /1.0`` (``auth: untrusted``), as LXD allows."""
+    trust = request.app.get(TRUST)
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if trust is None or ssl_object is None:
+        return await handler(request)
+    der = ssl_object.getpeercert(binary_form=True)
+    trusted = bool(der) and trust.is_trusted(der)  # type: ignore[attr-defined]
+    request["trusted"] = trusted
+    if trusted:
+        return await handler(request)
+    if request.method == "GET" and request.path.rstrip("/") in ("", "/1.0"):
+        return await handler(request)
+    return error_response("not authorized", 403)
+
+
+def _recursion(request: web.Request) -> int:
+    try:
+        return int(request.query.get("recursion", "0"))
+    except ValueError:
+        return 0
+
+
+# -- server -----------------------------------------------------------------------------------
+
+async def get_root(request: web.Request) -> web.Response:
+    return sync_response(["/1.0"])
+
+
+async def get_server(request: web.Request) -> web.Response:
+    info = server_info(trusted=request.get("trusted", True), **request.app[INFO])
+    return sync_response(info)
+
+
+# -- instances --------------------------------------------------------------------------------
+
+async def _full(service: InstanceService, name: str) -> dict[str, Any]:
+    rec = await service.record(name)
+    rec["backups"] = []
+    rec["state"] = await service.backend.get_state(name)
+    rec["snapshots"] = []
+    return rec
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    recursion = _recursion(request)
+    wanted_type = request.query.get("instance-type")
+    names = sorted(await service.names())
+    if recursion <= 0 and not wanted_type:
+        return sync_response([f"/1.0/instances/{n}" for n in names])
+    records = []
+    for name in names:
+        try:
+            rec = await (_full(service, name) if recursion >= 2 else service.record(name))
+        except NotFoundError:
+            continue  # deleted meanwhile
+        if wanted_type and rec.get("type") != wanted_type:
+            continue
+        records.append(rec)
+    if recursion <= 0:
+        return sync_response([f"/1.0/instances/{r['name']}" for r in records])
+    return sync_response(records)
+
+
+async def create_instance(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = decode_object(await request.read(), "api.InstancesPost")
+    try:
+        name = await service.create(body)
+        err = ""
+    except DeviceStartError as exc:
+        name, err = str(body.get("name")), exc.message
+    op = request.app[OPS].finished(
+        "Creating instance", instance_resources(name), err=err,
+        metadata={"entity_url": f"/1.0/instances/{name}"},
+    )
+    return async_response(op.url, op.to_json())
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    rec = await service.record(name)
+    etag = etag_of(rec)
+    if _recursion(request) >= 1:
+        rec = await _full(service, name)
+    return sync_response(rec, etag=etag)
+
+
+async def put_instance(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    body = decode_object(await request.read())
+    if body.get("restore"):
+        raise NotSupportedError("Snapshots are not supported by lxdproxy")
+    try:
+        await service.put(name, body, request.headers.get("If-Match"))
+        err = ""
+    except DeviceStartError as exc:
+        # LXD reports start failures of a PUT through the operation (202 + Failure).
+        err = exc.message
+    op = request.app[OPS].finished("Updating instance", instance_resources(name), err=err)
+    return async_response(op.url, op.to_json())
+
+
+async def patch_instance(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    body = decode_object(await request.read())
+    await service.patch(name, body, request.headers.get("If-Match"))
+    return sync_response({})
+
+
+async def delete_instance(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    await service.delete(name)
+    op = request.app[OPS].finished("Deleting instance", instance_resources(name))
+    return async_response(op.url, op.to_json())
+
+
+async def post_instance(request: web.Request) -> web.Response:
+    await request.app[SERVICE].record(request.match_info["name"])  # 404 first, like LXD
+    raise NotSupportedError("Renaming or migrating instances is not supported by lxdproxy")
+
+
+async def get_instance_state(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    await service.record(name)
+    return sync_response(await service.backend.get_state(name))
+
+
+async def put_instance_state(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    await service.record(request.match_info["name"])
+    decode_object(await request.read(), "api.InstanceStatePut")
+    if service.backend.kind == "local":
+        raise NotSupportedError(
+            "Changing the state of a local instance is not supported: lxdproxy does not own "
+            "its process (start or stop it yourself; devices follow within a second)")
+    raise NotSupportedError("Changing instance state is not supported by lxdproxy")
+
+
+# -- operations -------------------------------------------------------------------------------
+
+async def list_operations(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    if _recursion(request) >= 1:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for op in ops.all():
+            grouped.setdefault(op.status.text.lower(), []).append(op.to_json())
+        return sync_response(grouped)
+    return sync_response(ops.listing())
+
+
+async def get_operation(request: web.Request) -> web.Response:
+    return sync_response(request.app[OPS].get(request.match_info["id"]).to_json())
+
+
+async def wait_operation(request: web.Request) -> web.Response:
+    # Operations are born final, so there is never anything to wait for; ?timeout= is accepted.
+    timeout = request.query.get("timeout", "-1")
+    try:
+        float(timeout)
+    except ValueError:
+        raise LxdError(f'strconv.Atoi: parsing "{timeout}": invalid syntax', 400) from None
+    return sync_response(request.app[OPS].get(request.match_info["id"]).to_json())
+
+
+async def delete_operation(request: web.Request) -> web.Response:
+    request.app[OPS].get(request.match_info["id"])
+    raise LxdError("Operation can't be cancelled", 400)
+
+
+# -- profiles (read-only: one empty default profile) -------------------------------------------
+
+async def _default_profile(request: web.Request) -> dict[str, Any]:
+    names = sorted(await request.app[SERVICE].names())
+    return {**DEFAULT_PROFILE, "used_by": [f"/1.0/instances/{n}" for n in names]}
+
+
+async def list_profiles(request: web.Request) -> web.Response:
+    if _recursion(request) >= 1:
+        return sync_response([await _default_profile(request)])
+    return sync_response(["/1.0/profiles/default"])
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    if request.match_info["name"] != "default":
+        raise NotFoundError("Profile not found")
+    profile = await _default_profile(request)
+    return sync_response(profile, etag=etag_of({"config": {}, "devices": {}}))
+
+
+async def write_profile(request: web.Request) -> web.Response:
+    if request.match_info.get("name", "default") != "default":
+        raise NotFoundError("Profile not found")
+    raise NotSupportedError("Profiles are read-only in lxdproxy: put devices on the instance")
+
+
+def create_app(service: InstanceService, ops: OperationRegistry | None = None, *,
+               info: dict[str, Any] | None = None, trust: object | None = None) -> web.Application:
+    app = web.Application(middlewares=[lxd_errors, tls_trust], client_max_size=4 * 1024 * 1024)
+    app[SERVICE] = service
+    app[OPS] = ops or OperationRegistry()
+    app[INFO] = {"backend_kind": service.backend.kind, **(info or {})}
+    app[TRUST] = trust
+    r = app.router
+    r.add_get("/", get_root)
+    r.add_get("/1.0", get_server)
+    r.add_get("/1.0/", get_server)
+    r.add_get("/1.0/instances", list_instances)
+    r.add_post("/1.0/instances", create_instance)
+    r.add_get("/1.0/instances/{name}", get_instance)
+    r.add_put("/1.0/instances/{name}", put_instance)
+    r.add_patch("/1.0/instances/{name}", patch_instance)
+    r.add_delete("/1.0/instances/{name}", delete_instance)
+    r.add_post("/1.0/instances/{name}", post_instance)
+    r.add_get("/1.0/instances/{name}/state", get_instance_state)
+    r.add_put("/1.0/instances/{name}/state", put_instance_state)
+    r.add_get("/1.0/operations", list_operations)
+    r.add_get("/1.0/operations/{id}", get_operation)
+    r.add_delete("/1.0/operations/{id}", delete_operation)
+    r.add_get("/1.0/operations/{id}/wait", wait_operation)
+    r.add_get("/1.0/profiles", list_profiles)
+    r.add_post("/1.0/profiles", write_profile)
+    r.add_get("/1.0/profiles/{name}", get_profile)
+    for method in ("PUT", "PATCH", "POST", "DELETE"):
+        r.add_route(method, "/1.0/profiles/{name}", write_profile)
+    return app

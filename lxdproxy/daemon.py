@@ -1,0 +1,184 @@
+"""The daemon: store + instance backend + device runtime + API, on one asyncio loop.
+
+Start order: open the store, pick the backend, reconcile (every stored proxy device of every
+running instance is realised; failures are logged, not fatal), then listen. Stop order: stop
+listening, stop every device (NAT rules removed, host unix sockets unlinked), close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lxdproxy.api.app import create_app
+from lxdproxy.api.operations import OperationRegistry
+from lxdproxy.api.service import InstanceService
+from lxdproxy.devices import DeviceRuntime
+from lxdproxy.errors import NotSupportedError
+from lxdproxy.store import Store
+
+log = logging.getLogger("lxdproxy.daemon")
+
+DEFAULT_STATE_DIR = Path("/var/lib/lxdproxy")
+
+
+class DaemonError(Exception):
+    """A startup problem the user must fix (printed without a traceback)."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    socket_path: Path | None = None  # default: <state_dir>/unix.socket
+    socket_mode: int = 0o660
+    https: tuple[str, int] | None = None
+    lxd: str | None = None  # LXD unix socket path or URL: use the LXD backend
+    nft_table: str = "lxdproxy"
+    poll_interval: float = 1.0
+
+    @property
+    def unix_socket(self) -> Path:
+        return self.socket_path or self.state_dir / "unix.socket"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DaemonError(f"Invalid --https address {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "::", int(port)
+
+
+def _make_backend(config: DaemonConfig, store: Store) -> Any:
+    if config.lxd:
+        try:
+            from lxdproxy.instances.lxd import LxdBackend  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise DaemonError(f"--lxd is not supported in this build: {exc}") from None
+        return LxdBackend(config.lxd)
+    from lxdproxy.instances.local import LocalBackend
+
+    return LocalBackend(store, poll_interval=config.poll_interval)
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a stale socket left by a killed daemon; refuse if a live daemon answers on it."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise DaemonError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise DaemonError(f"Another daemon is already listening on {path}")
+    finally:
+        probe.close()
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.backend: Any = None
+        self.runtime: DeviceRuntime | None = None
+        self.service: InstanceService | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.state_dir, 0o711)
+        self.store = Store(cfg.state_dir / "lxdproxy.db")
+        self.backend = _make_backend(cfg, self.store)
+        self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
+        self.service = InstanceService(self.backend, self.store, self.runtime)
+        await self.service.reconcile()
+
+        trust, ssl_ctx, info = None, None, {}
+        if cfg.https:
+            trust, ssl_ctx, info = self._tls()
+        app = create_app(self.service, OperationRegistry(), info=info, trust=trust)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+
+        _claim_socket_path(cfg.unix_socket)
+        cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o177)  # no window in which the socket is world-accessible
+        try:
+            await web.UnixSite(self._runner, str(cfg.unix_socket)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(cfg.unix_socket, cfg.socket_mode)
+        if cfg.https and ssl_ctx is not None:
+            host, port = cfg.https
+            await web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx).start()
+
+    def _tls(self) -> tuple[Any, Any, dict[str, Any]]:
+        try:
+            from lxdproxy import tls  # type: ignore[attr-defined]
+
+            ssl_ctx = tls.server_ssl_context(self.config.state_dir)
+            trust = tls.TrustStore(self.config.state_dir)
+        except (ImportError, AttributeError) as exc:
+            raise DaemonError(f"--https is not supported in this build: {exc}") from None
+        info: dict[str, Any] = {}
+        pem_fn = getattr(tls, "server_certificate_pem", None)
+        if callable(pem_fn):
+            info["certificate_pem"] = pem_fn(self.config.state_dir)
+        fp_fn = getattr(tls, "server_certificate_fingerprint", None)
+        if callable(fp_fn):
+            info["certificate_fingerprint"] = fp_fn(self.config.state_dir)
+        host, port = self.config.https  # type: ignore[misc]
+        info["addresses"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        return trust, ssl_ctx, info
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.config.unix_socket.unlink()
+        if self.service is not None:
+            await self.service.close()
+        if self.runtime is not None:
+            await self.runtime.stop_all()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.store is not None:
+            self.store.close()
+
+
+async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop every device cleanly."""
+    import signal
+
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+        print(f"lxdproxy: listening on {config.unix_socket}", flush=True)
+        if config.https:
+            print(f"lxdproxy: listening on https://{config.https[0]}:{config.https[1]}",
+                  flush=True)
+        await stop_event.wait()
+        log.info("stopping")
+    except NotSupportedError as exc:
+        raise DaemonError(exc.message) from None
+    finally:
+        await daemon.stop()

@@ -1,0 +1,50 @@
+"""``lxdproxy serve``: parse flags into a DaemonConfig and run the daemon (uvloop if installed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port, serve
+from lxdproxy.store import StoreError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help=f"state directory (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--socket", type=Path, default=None,
+                        help="API unix socket (default <state-dir>/unix.socket, mode 0660)")
+    parser.add_argument("--https", metavar="HOST:PORT", default=None,
+                        help="also serve the API over HTTPS with client-certificate trust")
+    parser.add_argument("--lxd", metavar="SOCKET_OR_URL", default=None,
+                        help="take instances from a real LXD instead of the local store")
+    parser.add_argument("--nft-table", default="lxdproxy",
+                        help="nftables table for NAT devices (default lxdproxy; 'lxd' = LXD's)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
+                        format="lxdproxy: %(levelname)s %(name)s: %(message)s")
+    try:
+        config = DaemonConfig(
+            state_dir=args.state_dir.absolute(),
+            socket_path=args.socket.absolute() if args.socket else None,
+            https=parse_host_port(args.https) if args.https else None,
+            lxd=args.lxd,
+            nft_table=args.nft_table,
+        )
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))
+    except (DaemonError, StoreError, OSError) as exc:
+        print(f"lxdproxy: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,144 @@
+"""DeviceRuntime: realises proxy devices, dispatching ``nat=true`` to nftables and everything
+else to the asyncio Forwarder, with each side's namespaces taken from the bind side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from lxdproxy.config.model import BindSide, ProxyDevice
+from lxdproxy.errors import DeviceStartError, LxdError, NotSupportedError
+from lxdproxy.instances.model import Instance
+
+log = logging.getLogger("lxdproxy.devices")
+
+Key = tuple[str, str]  # (instance name, device name)
+
+
+@dataclass(frozen=True)
+class RunningDevice:
+    instance: Instance  # the instance as it was when the device started (pid, NICs)
+    device: ProxyDevice
+    nat: bool
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class DeviceRuntime:
+    """Which devices run, and how. Not thread safe: used from the daemon's loop only."""
+
+    def __init__(self, *, nft_table: str = "lxdproxy", forwarder: Any = None,
+                 nat_applier: Any = None) -> None:
+        self.nft_table = nft_table
+        self._forwarder = forwarder
+        self._nat_applier = nat_applier
+        self._running: dict[Key, RunningDevice] = {}
+
+    # -- lazily built collaborators: the daemon runs without NAT support if nftables is absent
+
+    def _get_forwarder(self) -> Any:
+        if self._forwarder is None:
+            try:
+                from lxdproxy.forward import Forwarder  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise NotSupportedError(f"Proxy forwarding is not available: {exc}") from None
+            self._forwarder = Forwarder(asyncio.get_running_loop())
+        return self._forwarder
+
+    def _get_nat_applier(self) -> Any:
+        if self._nat_applier is None:
+            try:
+                from lxdproxy.nat.apply import NatApplier
+            except ImportError as exc:
+                raise NotSupportedError(f"NAT mode is not available: {exc}") from None
+            self._nat_applier = NatApplier(net_path=None, table=self.nft_table)
+        return self._nat_applier
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def running(self, instance_name: str) -> dict[str, RunningDevice]:
+        return {dev: rd for (inst, dev), rd in self._running.items() if inst == instance_name}
+
+    def is_running(self, instance_name: str, device_name: str) -> bool:
+        return (instance_name, device_name) in self._running
+
+    # -- start / stop -------------------------------------------------------------------------
+
+    async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
+        """Start one device; raises DeviceStartError (or another LxdError) with the reason only;
+        the caller adds LXD's ``Failed to start device "<dev>": `` prefix."""
+        key = (instance.name, device_name)
+        if key in self._running:
+            await self.stop(*key)
+        if device.nat:
+            await self._start_nat(instance, device_name, device)
+        else:
+            await self._start_forward(instance, device_name, device)
+        self._running[key] = RunningDevice(instance, device, device.nat)
+        log.info("started device %s/%s", instance.name, device_name)
+
+    async def _start_forward(self, instance: Instance, device_name: str,
+                             device: ProxyDevice) -> None:
+        from lxdproxy.netns import Namespaces
+
+        try:
+            host = Namespaces.current()
+            inst = Namespaces.of_instance(instance)
+        except (OSError, ProcessLookupError) as exc:
+            raise DeviceStartError(f"Instance namespaces are not reachable: {exc}") from None
+        listen_ns, connect_ns = (host, inst) if device.bind is BindSide.HOST else (inst, host)
+        fwd = self._get_forwarder()
+        await fwd.start((instance.name, device_name), device, listen_ns=listen_ns,
+                        connect_ns=connect_ns, instance_name=instance.name,
+                        instance_pid=instance.pid)
+
+    async def _start_nat(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
+        try:
+            from lxdproxy.nat.rules import build_nat_ruleset
+        except ImportError as exc:
+            raise NotSupportedError(f"NAT mode is not available: {exc}") from None
+        ruleset = build_nat_ruleset(device, instance, device_name, table=self.nft_table)
+        applier = self._get_nat_applier()
+        try:
+            await _maybe_await(applier.apply(ruleset))
+        except LxdError:
+            raise
+        except Exception as exc:  # libnftables reports failures as plain exceptions
+            raise DeviceStartError(f"Failed to apply NAT rules: {exc}") from None
+
+    async def stop(self, instance_name: str, device_name: str) -> None:
+        """Stop a device if it runs; errors are logged (stopping must not fail a write)."""
+        key = (instance_name, device_name)
+        rd = self._running.pop(key, None)
+        if rd is None:
+            return
+        try:
+            if rd.nat:
+                await _maybe_await(self._get_nat_applier().remove(f"{instance_name}.{device_name}"))
+            else:
+                await self._get_forwarder().stop(key)
+        except Exception:
+            log.exception("stopping device %s/%s failed", instance_name, device_name)
+        else:
+            log.info("stopped device %s/%s", instance_name, device_name)
+
+    async def stop_instance(self, instance_name: str) -> None:
+        for dev in sorted(self.running(instance_name)):
+            await self.stop(instance_name, dev)
+
+    async def stop_all(self) -> None:
+        for inst, dev in sorted(self._running):
+            await self.stop(inst, dev)
+        if self._forwarder is not None and hasattr(self._forwarder, "stop_all"):
+            try:
+                await self._forwarder.stop_all()
+            except Exception:
+                log.exception("stopping the forwarder failed")

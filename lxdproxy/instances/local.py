@@ -1,0 +1,306 @@
+"""Local backend (the embedded default): instances are existing processes or named network
+namespaces registered through ``POST /1.0/instances`` and kept in our own store.
+
+An instance is ``config["user.lxdproxy.pid"]`` (its namespaces are those of that PID) or
+``config["user.lxdproxy.netns"]`` (a named netns or nsfs path; net namespace only). It is
+Running while that PID (the same process: its start time is recorded, so a reused PID does not
+count) or that netns exists. Changes are found by polling once a second and reported to the
+``watch`` callbacks, which re-create the instance's devices against the new namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lxdproxy.config.model import InstanceType
+from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
+from lxdproxy.instances.backend import InstanceChanged
+from lxdproxy.instances.model import Instance, Nic
+from lxdproxy.instances.netstate import read_network_state
+from lxdproxy.store import InstanceRow, Store
+
+log = logging.getLogger("lxdproxy.instances.local")
+
+PID_KEY = "user.lxdproxy.pid"
+NETNS_KEY = "user.lxdproxy.netns"
+NETNS_RUN_DIR = "/run/netns"
+_NAME_CHARS = re.compile(r"^[a-zA-Z0-9-]+$")
+
+STATUS_CODES = {"Running": 103, "Stopped": 102}
+
+
+def validate_instance_name(name: Any) -> str:
+    # LXD's instance name rules (hostname-like: they become the container's hostname).
+    if not isinstance(name, str) or not name:
+        raise ConfigError("Instance name is required")
+    if len(name) > 63:
+        raise ConfigError("Instance name must be between 1 and 63 characters long")
+    if not _NAME_CHARS.match(name):
+        raise ConfigError("Instance name can only contain alphanumeric and hyphen characters")
+    if name[0].isdigit() or name[0] == "-":
+        raise ConfigError("Instance name must not start with a digit or hyphen")
+    if name.endswith("-"):
+        raise ConfigError("Instance name must not end with a hyphen")
+    return name
+
+
+def pid_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if there is no such pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[19])
+
+
+def netns_path(name_or_path: str) -> str:
+    return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
+
+
+def _now() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
+
+
+def parse_anchor(config: Mapping[str, str]) -> tuple[int | None, str | None, int | None]:
+    """(pid, netns, pid_starttime) from an instance config; ConfigError when unusable."""
+    pid_text, netns = config.get(PID_KEY), config.get(NETNS_KEY)
+    if pid_text and netns:
+        raise ConfigError(f'Config "{PID_KEY}" and "{NETNS_KEY}" are mutually exclusive')
+    if not pid_text and not netns:
+        raise ConfigError(f'Local instances need config "{PID_KEY}" (a process ID) or '
+                          f'"{NETNS_KEY}" (a network namespace name or path)')
+    if pid_text:
+        if not pid_text.isdigit() or int(pid_text) <= 0:
+            raise ConfigError(f'Invalid value for config "{PID_KEY}": "{pid_text}" is not a '
+                              "process ID")
+        pid = int(pid_text)
+        start = pid_starttime(pid)
+        if start is None:
+            raise ConfigError(f'Invalid value for config "{PID_KEY}": No process with PID {pid}')
+        return pid, None, start
+    assert netns is not None
+    if not os.path.exists(netns_path(netns)):
+        raise ConfigError(f'Invalid value for config "{NETNS_KEY}": Network namespace '
+                          f'"{netns}" not found')
+    return None, netns, None
+
+
+def nics_from_devices(devices: Mapping[str, Mapping[str, str]],
+                      config: Mapping[str, str]) -> tuple[Nic, ...]:
+    nics = []
+    for name in sorted(devices):
+        dev = devices[name]
+        if dev.get("type") != "nic":
+            continue
+        nictype = "bridged" if dev.get("network") else dev.get("nictype", "")
+        nics.append(Nic(
+            name=name,
+            nictype=nictype,
+            ipv4_address=dev.get("ipv4.address") or None,
+            ipv6_address=dev.get("ipv6.address") or None,
+            host_name=config.get(f"volatile.{name}.host_name") or dev.get("host_name") or None,
+        ))
+    return tuple(nics)
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, store: Store, *, poll_interval: float = 1.0) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._callbacks: list[InstanceChanged] = []
+        self._seen: dict[str, tuple[Any, ...]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _row(self, name: str) -> InstanceRow:
+        row = self._store.get_instance(name)
+        if row is None:
+            raise NotFoundError("Instance not found")
+        return row
+
+    @staticmethod
+    def _status(row: InstanceRow) -> str:
+        pid_text, netns = row.config.get(PID_KEY), row.config.get(NETNS_KEY)
+        if pid_text and pid_text.isdigit():
+            start = pid_starttime(int(pid_text))
+            alive = start is not None and (row.pid_starttime in (None, start))
+            return "Running" if alive else "Stopped"
+        if netns:
+            return "Running" if os.path.exists(netns_path(netns)) else "Stopped"
+        return "Stopped"
+
+    async def list_names(self) -> list[str]:
+        return self._store.instance_names()
+
+    async def get_record(self, name: str) -> dict[str, Any]:
+        row = self._row(name)
+        devices = self._store.get_devices(name)
+        status = self._status(row)
+        # Key order as LXD 5.0.2 sends it. The only profile is "default", which has no devices,
+        # so expanded_* equal the local values.
+        return {
+            "architecture": platform.machine(),
+            "config": dict(row.config),
+            "devices": devices,
+            "ephemeral": False,
+            "profiles": ["default"],
+            "stateful": False,
+            "description": row.description,
+            "created_at": row.created_at,
+            "expanded_config": dict(row.config),
+            "expanded_devices": {k: dict(v) for k, v in devices.items()},
+            "name": row.name,
+            "status": status,
+            "status_code": STATUS_CODES[status],
+            "last_used_at": row.created_at,
+            "location": "none",
+            "type": row.type,
+            "project": "default",
+        }
+
+    async def get_instance(self, name: str) -> Instance:
+        row = self._row(name)
+        pid_text, netns = row.config.get(PID_KEY), row.config.get(NETNS_KEY)
+        return Instance(
+            name=row.name,
+            type=InstanceType(row.type),
+            status=self._status(row),
+            pid=int(pid_text) if pid_text and pid_text.isdigit() else None,
+            netns=netns_path(netns) if netns and not pid_text else None,
+            nics=nics_from_devices(self._store.get_devices(name), row.config),
+        )
+
+    async def get_state(self, name: str) -> dict[str, Any]:
+        inst = await self.get_instance(name)
+        network: dict[str, Any] | None = None
+        if inst.running:
+            net_path = f"/proc/{inst.pid}/ns/net" if inst.pid else inst.netns
+            assert net_path is not None
+            network = await read_network_state(net_path)
+        return {
+            "status": inst.status,
+            "status_code": STATUS_CODES[inst.status],
+            "disk": {},
+            "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
+            "network": network,
+            "pid": (inst.pid or 0) if inst.running else 0,
+            # We do not own the process tree of a registered PID, so we do not count it (LXD
+            # reports -1 the same way when it cannot tell, e.g. a VM without its agent).
+            "processes": -1 if inst.running else 0,
+            "cpu": {"usage": 0},
+        }
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any]) -> None:
+        name = validate_instance_name(body.get("name"))
+        itype = body.get("type") or "container"
+        if itype not in ("container", "virtual-machine"):
+            raise ConfigError(f'Invalid instance type "{itype}"')
+        source = body.get("source") or {"type": "none"}
+        stype = source.get("type", "none") if isinstance(source, dict) else None
+        if stype != "none":
+            raise NotSupportedError(
+                f'Source type "{stype}" is not supported by the local backend: register an '
+                'existing process or netns with source type "none"')
+        config = dict(body.get("config") or {})
+        _pid, _netns, start = parse_anchor(config)
+        if self._store.get_instance(name) is not None:
+            raise LxdError(f'Instance "{name}" already exists', 409)
+        description = body.get("description") if isinstance(body.get("description"), str) else ""
+        row = InstanceRow(name=name, type=itype, config=config, description=description or "",
+                          created_at=_now(), pid_starttime=start)
+        self._store.insert_instance(row, dict(body.get("devices") or {}))
+        self._seen[name] = self._identity(row)
+
+    async def delete(self, name: str) -> None:
+        self._row(name)
+        self._store.delete_instance(name)
+        self._seen.pop(name, None)
+
+    def check_update(self, name: str, record: Mapping[str, Any]) -> None:
+        """Raise ConfigError if ``update_record`` would refuse ``record`` (called before any
+        device is touched, so a rejected write changes nothing)."""
+        self._row(name)
+        if "config" in record:
+            parse_anchor(record["config"])
+
+    async def update_record(self, name: str, record: dict[str, Any]) -> None:
+        row = self._row(name)
+        config = dict(record.get("config", row.config))
+        _pid, _netns, start = parse_anchor(config)
+        new = InstanceRow(name=row.name, type=row.type, config=config,
+                          description=record.get("description", row.description),
+                          created_at=row.created_at, pid_starttime=start)
+        self._store.update_instance(new, record.get("devices"))
+        if self._identity(new) != self._seen.get(name):
+            self._seen[name] = self._identity(new)
+            await self._notify(name)
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def watch(self, callback: InstanceChanged) -> None:
+        self._callbacks.append(callback)
+        if self._task is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the daemon starts it later
+                self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    def _identity(self, row: InstanceRow) -> tuple[Any, ...]:
+        status = self._status(row)
+        netns = row.config.get(NETNS_KEY)
+        ino = None
+        if netns and status == "Running":
+            with contextlib.suppress(OSError):
+                st = os.stat(netns_path(netns))
+                ino = (st.st_dev, st.st_ino)
+        return (status, row.config.get(PID_KEY), row.pid_starttime, netns, ino)
+
+    async def _notify(self, name: str) -> None:
+        for cb in list(self._callbacks):
+            try:
+                await cb(name)
+            except Exception:
+                log.exception("instance watch callback failed for %s", name)
+
+    async def poll_once(self) -> None:
+        for name in self._store.instance_names():
+            row = self._store.get_instance(name)
+            if row is None:
+                continue
+            ident = self._identity(row)
+            if name not in self._seen:
+                self._seen[name] = ident
+                continue
+            if ident != self._seen[name]:
+                self._seen[name] = ident
+                log.info("instance %s changed: %s", name, ident[0])
+                await self._notify(name)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("polling local instances failed")
+            await asyncio.sleep(self._poll_interval)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,182 @@
+"""Durable desired state in SQLite: local instances and the devices the shim owns.
+
+WAL journal, one writer (a lock around every write transaction), ``synchronous=FULL`` so a device
+the API acknowledged survives ``kill -9`` of the daemon. Calls are short and made from the event
+loop thread directly; a write is one small transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version (index) to version (index + 1).
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        config TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        pid_starttime INTEGER
+    );
+    CREATE TABLE devices (
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        PRIMARY KEY (instance, name)
+    );
+    """,
+)
+
+Devices = dict[str, dict[str, str]]
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """A locally registered instance as stored (devices live in their own table)."""
+
+    name: str
+    type: str
+    config: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    created_at: str = ""
+    pid_starttime: int | None = None  # /proc/<pid>/stat starttime: tells a reused PID apart
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=10
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"State database {self.path} has schema version {version}, newer than this "
+                    f"lxdproxy understands ({SCHEMA_VERSION})"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("UPDATE schema_version SET version = ?", (step + 1,))
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- instances (local backend) ----------------------------------------------------------
+
+    def instance_names(self) -> list[str]:
+        rows = self._db.execute("SELECT name FROM instances ORDER BY name").fetchall()
+        return [r[0] for r in rows]
+
+    def get_instance(self, name: str) -> InstanceRow | None:
+        row = self._db.execute(
+            "SELECT name, type, config, description, created_at, pid_starttime FROM instances "
+            "WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        return InstanceRow(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
+
+    def insert_instance(self, row: InstanceRow, devices: Devices) -> None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM instances WHERE name = ?", (row.name,)).fetchone():
+                raise StoreError(f"Instance {row.name!r} already stored")
+            db.execute(
+                "INSERT INTO instances (name, type, config, description, created_at, pid_starttime)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row.name, row.type, _dump(row.config), row.description, row.created_at,
+                 row.pid_starttime),
+            )
+            _replace_devices(db, row.name, devices)
+
+    def update_instance(self, row: InstanceRow, devices: Devices | None = None) -> None:
+        """Replace an instance's row, and its devices when given, in one transaction."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE instances SET type = ?, config = ?, description = ?, pid_starttime = ? "
+                "WHERE name = ?",
+                (row.type, _dump(row.config), row.description, row.pid_starttime, row.name),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"Instance {row.name!r} is not stored")
+            if devices is not None:
+                _replace_devices(db, row.name, devices)
+
+    def delete_instance(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM instances WHERE name = ?", (name,))
+            db.execute("DELETE FROM devices WHERE instance = ?", (name,))
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def get_devices(self, instance: str) -> Devices:
+        rows = self._db.execute(
+            "SELECT name, config FROM devices WHERE instance = ? ORDER BY name", (instance,)
+        ).fetchall()
+        return {name: json.loads(cfg) for name, cfg in rows}
+
+    def set_devices(self, instance: str, devices: Devices) -> None:
+        with self._write() as db:
+            _replace_devices(db, instance, devices)
+
+    def device_instances(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT instance FROM devices ORDER BY instance")
+        return [r[0] for r in rows.fetchall()]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _replace_devices(db: sqlite3.Connection, instance: str, devices: Devices) -> None:
+    db.execute("DELETE FROM devices WHERE instance = ?", (instance,))
+    db.executemany(
+        "INSERT INTO devices (instance, name, config) VALUES (?, ?, ?)",
+        [(instance, name, _dump(cfg)) for name, cfg in sorted(devices.items())],
+    )
