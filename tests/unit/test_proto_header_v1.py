@@ -194,3 +194,11 @@ def test_parser_is_single_use() -> None:
     parser.feed_eof()  # complete: EOF is fine
     with pytest.raises(RuntimeError, match="already parsed"):
         parser.feed(b"more")
+
+
+def test_haproxy_send_proxy_capture() -> None:
+    # HAProxy 2.6.12 `server ... send-proxy`, followed by the client's b"hello".
+    captured = b"PROXY TCP4 127.0.0.1 127.0.0.1 53632 9010\r\nhello"
+    r = parse_header(captured)
+    assert (r.src, r.dst, r.payload) == (("127.0.0.1", 53632), ("127.0.0.1", 9010), b"hello")
+    assert encode_v1(("127.0.0.1", 53632), ("127.0.0.1", 9010)) == captured[: r.header_length]

@@ -245,3 +245,31 @@ def test_header_bytes_are_fed_in_one_chunk_with_payload_or_split() -> None:
             assert cut >= len(header) and result.payload == data[len(header) : cut]
         else:
             assert cut < len(header) and result.payload == b"datagram"
+
+
+# Captured from HAProxy 2.6.12 (Debian 12) `server ... send-proxy-v2 proxy-v2-options
+# crc32c,unique-id,authority`, followed by the client's b"hello". HAProxy puts CRC32C first.
+HAPROXY_V2_TCP4 = bytes.fromhex(
+    "0d0a0d0a000d0a515549540a211100167f0000017f0000018e802328030004471df9be05000068656c6c6f"
+)
+HAPROXY_V2_TCP6 = bytes.fromhex(
+    "0d0a0d0a000d0a515549540a2121003400000000000000000000000000000001000000000000000000000000"
+    "00000001a802233c030004e11bce2e05000661626331323368656c6c6f"
+)
+
+
+def test_haproxy_v2_captures() -> None:
+    r = parse_header(HAPROXY_V2_TCP4)  # a wrong CRC32C (byte order, polynomial) would raise
+    assert (r.src, r.dst, r.transport) == (("127.0.0.1", 36480), ("127.0.0.1", 9000), Transport.STREAM)
+    assert r.tlvs == ((TlvType.CRC32C, bytes.fromhex("471df9be")), (TlvType.UNIQUE_ID, b""))
+    assert (r.header_length, r.payload) == (38, b"hello")
+    r = feed_bytewise(HAPROXY_V2_TCP6[:-5])
+    assert (r.src, r.dst) == (("::1", 43010), ("::1", 9020))
+    assert r.tlv(TlvType.UNIQUE_ID) == b"abc123"
+    # Same addresses and TLVs from our encoder parse to the same result (CRC placed last).
+    ours = encode_v2(src=("::1", 43010), dst=("::1", 9020), tlvs=[(TlvType.UNIQUE_ID, b"abc123")], checksum=True)
+    assert parse_header(ours).tlv(TlvType.UNIQUE_ID) == b"abc123" and len(ours) == r.header_length
+    tampered = bytearray(HAPROXY_V2_TCP6)
+    tampered[63] ^= 0x20  # "abc123" -> "aBc123"
+    with pytest.raises(ProxyHeaderError, match="CRC32C mismatch"):
+        parse_header(bytes(tampered))
