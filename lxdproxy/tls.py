@@ -111,6 +111,17 @@ def certificate_pem(state_dir: str | os.PathLike[str]) -> str:
     return cert_path.read_text()
 
 
+def server_certificate_pem(state_dir: str | os.PathLike[str]) -> str:
+    """Alias of ``certificate_pem`` (the name the daemon looks up)."""
+    return certificate_pem(state_dir)
+
+
+def server_certificate_fingerprint(state_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 fingerprint of the server certificate (``environment.certificate_fingerprint``)."""
+    return certificate_fingerprint(x509.load_pem_x509_certificate(
+        certificate_pem(state_dir).encode()))
+
+
 def load_certificate(material: str | bytes | os.PathLike[str]) -> x509.Certificate:
     """A certificate from PEM text/bytes, a file path, DER bytes, or base64 DER.
 
