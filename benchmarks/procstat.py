@@ -1,0 +1,75 @@
+"""CPU time and memory of a process and its descendants, from /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        for task in task_dir.iterdir():
+            text = (task / "children").read_text()
+            kids.extend(int(x) for x in text.split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its live descendants (bounded: a process tree here is a handful of processes)."""
+    out, todo = [], [pid]
+    while todo and len(out) < 10000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime (all threads) plus cutime+cstime (reaped children) of each pid's whole tree."""
+    total = 0
+    for root in pids:
+        for p in tree(root):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            # after the ")": state is field 3, utime/stime/cutime/cstime are fields 14..17
+            total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def memory_kib(pids: list[int]) -> dict[str, int]:
+    """Summed VmRSS and Pss over each pid's tree. RSS counts shared pages (binary text, libs) once per
+    process, so N copies of one program overstate; Pss splits shared pages between their users."""
+    procs = [p for root in pids for p in tree(root)]
+    return {
+        "rss_kib": sum(_status_kib(p, "VmRSS") for p in procs),
+        "pss_kib": sum(_pss_kib(p) for p in procs),
+        "processes": len(procs),
+    }

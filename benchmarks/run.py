@@ -1,0 +1,224 @@
+"""`scripts/bench` / `python -m benchmarks`: every workload against every peer in one run, interleaved.
+
+Each round runs every workload against every peer (peer order rotated per round, so no peer always
+goes first after a quiet spell); tables show medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report, workloads
+from benchmarks.daemon import LxdproxyDaemon, daemon_available
+from benchmarks.env import REPO, BenchEnv
+from benchmarks.peers import INSTANCE_NAME, LXD, Direct, Forkproxy, Lxdproxy, LxdproxyNat, Peer, Socat
+from benchmarks.sizes import BY_NAME, FULL, QUICK, Sizes
+
+WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
+    "bulk": workloads.bulk,
+    "connrate": workloads.connrate,
+    "latency": workloads.latency,
+    "udp": workloads.udp,
+}
+EXTRA_WORKLOADS = ("device_add", "memory")
+BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000}
+
+
+def unavailable_peers() -> dict[str, str]:
+    """peer -> why it cannot run on this machine."""
+    out: dict[str, str] = {}
+    if not os.path.exists(LXD):
+        out["forkproxy"] = f"{LXD} is absent (scripts/bootstrap --bench installs Debian's lxd)"
+    reason = daemon_available()
+    if reason:
+        out["lxdproxy"] = out["lxdproxy-nat"] = reason
+    return out
+
+
+def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None) -> Peer:
+    base = BASE_PORTS[name]
+    if name == "direct":
+        return Direct(env, base)
+    if name == "socat":
+        return Socat(env, base)
+    if name == "forkproxy":
+        return Forkproxy(env, base)
+    assert daemon is not None
+    return (LxdproxyNat if name == "lxdproxy-nat" else Lxdproxy)(env, base, daemon)
+
+
+def _meta(sizes: Sizes) -> dict[str, Any]:
+    def cmd(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "git": cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "lxd": cmd([LXD, "--version"]) if os.path.exists(LXD) else None,
+        "iperf3": cmd(["iperf3", "--version"]).splitlines()[0] if cmd(["iperf3", "--version"]) else None,
+        "socat": (cmd(["socat", "-V"]).splitlines() or [""])[1] if cmd(["socat", "-V"]) else None,
+        "loadavg_start": os.getloadavg(),
+        "sizes": asdict(sizes),
+    }
+
+
+def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
+                   workloads_wanted: list[str] | None = None, strict: bool = False,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run everything inside ``lab`` (a tests.lab.Lab); returns the raw results (JSON-ready).
+    strict: a failing run raises instead of being recorded as an error (the smoke test uses it)."""
+    unavailable = unavailable_peers()
+    wanted = peers or report.PEER_ORDER
+    skipped = {p: unavailable[p] for p in wanted if p in unavailable}
+    names = [p for p in wanted if p not in unavailable]
+    chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
+    results: dict[str, Any] = {"meta": _meta(sizes), "peers": names, "skipped": skipped,
+                               "runs": {w: {p: [] for p in names} for w in WORKLOADS if w in chosen},
+                               "device_add": {}, "memory": {}, "errors": []}
+    env = BenchEnv(lab)
+    env.start_servers()
+    daemon = None
+    started: list[Peer] = []
+    try:
+        if any(p.startswith("lxdproxy") for p in names):
+            daemon = LxdproxyDaemon(lab)
+            daemon.start()
+            daemon.add_instance(INSTANCE_NAME, env.inst)
+        for name in names:
+            peer = _make_peer(name, env, daemon)
+            try:
+                peer.start()
+            except Exception as exc:
+                if strict:
+                    raise
+                peer.stop()
+                skipped[name] = f"failed to start: {exc}"
+                continue
+            started.append(peer)
+        results["peers"] = names = [p.name for p in started]
+        for w in results["runs"]:
+            results["runs"][w] = {p: [] for p in names}
+        log(f"peers up: {', '.join(names)}" + (f"; skipped: {skipped}" if skipped else ""))
+
+        def attempt(what: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.monotonic()
+            try:
+                res = fn()
+            except Exception as exc:
+                if strict:
+                    raise
+                results["errors"].append(f"{what}: {exc}")
+                log(f"  {what}: ERROR {exc}")
+                return {"error": str(exc)}
+            log(f"  {what}: {_brief(res)} [{time.monotonic() - t0:.1f}s]")
+            return res
+
+        for rnd in range(sizes.rounds):
+            log(f"round {rnd + 1}/{sizes.rounds}")
+            order = started[rnd % len(started):] + started[:rnd % len(started)]
+            for wname, fn in WORKLOADS.items():
+                if wname not in chosen:
+                    continue
+                for peer in order:
+                    res = attempt(f"{wname} {peer.name}",
+                                  lambda fn=fn, peer=peer: fn(env, peer, sizes))  # type: ignore[misc]
+                    results["runs"][wname][peer.name].append(res)
+        if "device_add" in chosen:
+            for peer in started:
+                if peer.name != "direct":
+                    results["device_add"][peer.name] = attempt(
+                        f"device_add {peer.name}", lambda peer=peer: workloads.device_add(env, peer, sizes))
+        if "memory" in chosen:
+            if "lxdproxy" in names:
+                results["memory"]["lxdproxy"] = attempt(
+                    "memory lxdproxy", lambda: workloads.memory_lxdproxy(env, sizes))
+            if "forkproxy" in names:
+                results["memory"]["forkproxy"] = attempt(
+                    "memory forkproxy", lambda: workloads.memory_forkproxy(env, sizes))
+    finally:
+        for peer in started:
+            peer.stop()
+        if daemon is not None:
+            if results["errors"]:
+                results["daemon_log_tail"] = daemon.log_tail()
+            daemon.stop()
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    return results
+
+
+def _brief(res: Any) -> str:
+    if not isinstance(res, dict):
+        return str(res)
+    keys = ("gbit_s", "cpu_s_per_gib", "conn_s", "p50_us", "p99_us", "rx_pps", "loss_pct", "median_ms")
+    shown = {k: res[k] for k in keys if res.get(k) is not None}
+    if not shown:
+        shown = {n: round(v["rss_kib"] / 1024, 1) for n, v in res.items() if isinstance(v, dict)}
+    return ", ".join(f"{k}={report.fmt(v)}" for k, v in shown.items())
+
+
+def write_outputs(results: dict[str, Any], md: Path, js: Path, png: Path | None) -> str:
+    summary = report.summarize(results)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if png is not None:
+        report.plot(results, summary, png)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(report.document(results, summary, png=png, js=js, md=md))
+    return report.markdown_table(results, summary) + "\n\n" + report.targets_table(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (a few minutes)")
+    p.add_argument("--size", choices=sorted(BY_NAME), help="size preset (default full; --quick = quick)")
+    p.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
+    p.add_argument("--peers", help=f"comma list, default all of {','.join(report.PEER_ORDER)}")
+    p.add_argument("--workloads", help=f"comma list, default all of "
+                                       f"{','.join([*WORKLOADS, *EXTRA_WORKLOADS])}")
+    p.add_argument("--out", type=Path, help="directory for benchmarks.md/.json/.png (default: the "
+                   "full run records into docs/; other sizes into benchmarks/results/<size>/)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("scripts/bench: needs root (it builds network namespaces)", file=sys.stderr)
+        return 1
+    sizes = BY_NAME[args.size] if args.size else (QUICK if args.quick else FULL)
+    if args.rounds:
+        sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+    if args.out:
+        md, js, png = args.out / "benchmarks.md", args.out / "benchmarks.json", args.out / "benchmarks.png"
+    elif sizes is FULL or (sizes.name == "full"):
+        md, js, png = (REPO / "docs/benchmarks.md", REPO / "benchmarks/results/full.json",
+                       REPO / "docs/img/benchmarks.png")
+    else:
+        out = REPO / "benchmarks/results" / sizes.name
+        md, js, png = out / "benchmarks.md", out / "benchmarks.json", out / "benchmarks.png"
+    from tests.lab import Lab
+
+    with Lab() as lab:
+        results = run_benchmarks(lab, sizes, peers=args.peers.split(",") if args.peers else None,
+                                 workloads_wanted=args.workloads.split(",") if args.workloads else None)
+    table = write_outputs(results, md, js, None if args.no_plot else png)
+    print()
+    print(table)
+    print(f"\nwrote {md.relative_to(REPO) if md.is_relative_to(REPO) else md}, {js.name}"
+          + ("" if args.no_plot else f", {png.name}"))
+    for err in results["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    return 0

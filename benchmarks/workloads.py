@@ -1,0 +1,171 @@
+"""One run of one workload against one peer. Each returns a flat dict of numbers (JSON-ready)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from typing import Any
+
+from benchmarks import procstat
+from benchmarks.daemon import LxdproxyDaemon
+from benchmarks.env import ECHO_PORT, BenchEnv, wait_line
+from benchmarks.peers import Forkproxy, Peer
+from benchmarks.sizes import Sizes
+
+GIB = 1 << 30
+
+
+def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """iperf3 -c <peer> -n <size>: host -> instance. CPU is the forwarding processes' utime+stime over
+    the run, divided by the GiB the receiver got."""
+    pids = peer.cpu_pids()
+    cpu0 = procstat.cpu_seconds(pids)
+    doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-n", sizes.bulk_bytes,
+                         "-J", "--connect-timeout", "3000"], timeout=300)
+    time.sleep(0.2)  # let socat reap its per-connection child so its CPU lands in cutime
+    cpu = procstat.cpu_seconds(pids) - cpu0
+    recv = doc["end"]["sum_received"]
+    gib = recv["bytes"] / GIB
+    out = {"gbit_s": recv["bits_per_second"] / 1e9, "bytes": recv["bytes"], "seconds": recv["seconds"],
+           "retransmits": doc["end"]["sum_sent"].get("retransmits", 0)}
+    if not peer.in_kernel:
+        out["cpu_s"] = cpu
+        out["cpu_s_per_gib"] = cpu / gib if gib else None
+    return out
+
+
+def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """Several client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed window."""
+    start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
+    procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
+                             "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
+             for _ in range(sizes.connrate_clients)]
+    results = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=sizes.connrate_seconds + 30)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise RuntimeError("connrate client overran its window") from None
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    done = sum(r["connections"] for r in results)
+    errors = sum(r["errors"] for r in results)
+    window = max(r["seconds"] for r in results)
+    if done == 0:
+        raise RuntimeError(f"no connection completed: {results[0]['last_error']}")
+    return {"conn_s": done / window, "connections": done, "errors": errors,
+            "clients": len(results)}
+
+
+def latency(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    return env.client_json("latency", peer.echo.host, str(peer.echo.port),
+                           "--requests", str(sizes.latency_requests), timeout=120)
+
+
+def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """iperf3 -u -l 64 -b <far above capacity>. Loss = 1 - (datagrams the iperf3 server in the instance
+    received) / (datagrams the client sent); received = the server's byte count / 64. (iperf3's own
+    lost_packets counts only sequence gaps, so it misses losses after the last datagram that arrived.)"""
+    doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-u", "-l", "64",
+                         "-b", sizes.udp_rate, "-t", str(sizes.udp_seconds), "-J",
+                         "--connect-timeout", "3000"], timeout=sizes.udp_seconds + 60)
+    sent = doc["end"]["sum_sent"]["packets"]
+    recv = doc["end"]["sum_received"]
+    received = recv["bytes"] // 64
+    return {"rx_pps": received / recv["seconds"], "sent": sent, "received": received,
+            "loss_pct": 100.0 * (1 - received / sent) if sent else None,
+            "tx_pps": sent / doc["end"]["sum_sent"]["seconds"]}
+
+
+def device_add(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """From just before the add is asked for (REST PATCH for lxdproxy; spawning the process for
+    forkproxy/socat) to the first byte echoed back through the new forward, seen by a client that
+    retries every 0.5 ms."""
+    samples = []
+    for i in range(sizes.device_add_trials):
+        port = peer.base_port + 100 + i
+        probe = env.host_python("benchmarks.clients", "probe", peer.listen_ip, str(port),
+                                "--timeout", "10", stdin=subprocess.PIPE)
+        try:
+            wait_line(probe, "READY", 10, "probe")
+            assert probe.stdin is not None
+            probe.stdin.write(b"go\n")
+            probe.stdin.flush()
+            t0 = peer.add_forward(i, port)
+            out, _ = probe.communicate(timeout=20)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
+        res = json.loads(out.decode().strip().splitlines()[-1])
+        peer.remove_forward(i, port)
+        if "error" in res:
+            raise RuntimeError(f"device add through {peer.name}: {res['error']}")
+        samples.append((res["t_first_byte"] - t0) * 1000)
+    return {"median_ms": statistics.median(samples), "samples_ms": samples}
+
+
+# -- memory ----------------------------------------------------------------------------------------
+def memory_lxdproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
+    """A fresh daemon (its own state dir) with 1, 100, 1000 tcp devices; RSS/PSS of the daemon and
+    every process under it. The last device is checked to really forward before measuring."""
+    daemon = LxdproxyDaemon(env.lab, label="bench-mem")
+    out: dict[str, Any] = {}
+    try:
+        daemon.start()
+        daemon.add_instance("mem", env.inst)
+        out["0"] = daemon.memory_kib()
+        have = 0
+        for n in sizes.memory_devices:
+            t0 = time.monotonic()
+            daemon.patch_devices("mem", {
+                f"m{i}": {"type": "proxy", "listen": f"tcp:{env.host.ipv4}:{20000 + i}",
+                          "connect": f"tcp:127.0.0.1:{ECHO_PORT}"}
+                for i in range(have, n)})
+            add_s = time.monotonic() - t0
+            have = n
+            check = _probe_now(env, env.host.ipv4, 20000 + n - 1)
+            time.sleep(1.0)  # let allocations settle
+            out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check}
+    finally:
+        daemon.stop()
+    return out
+
+
+def _probe_now(env: BenchEnv, host: str, port: int) -> str:
+    probe = env.host_python("benchmarks.clients", "probe", host, str(port), "--timeout", "5",
+                            stdin=subprocess.PIPE)
+    out, _ = probe.communicate(b"go\n", timeout=30)
+    res = out.decode().strip().splitlines()[-1]
+    if "t_first_byte" not in res:
+        raise RuntimeError(f"device on port {port} does not forward: {res}")
+    return "ok"
+
+
+def memory_forkproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
+    """Start N forkproxy processes (one per device, as LXD does) and sum their RSS/PSS; the figures for
+    100 and 1,000 devices are extrapolated from the per-process mean (N x mean RSS)."""
+    fp = Forkproxy(env, 21000)
+    out: dict[str, Any] = {}
+    try:
+        for n in sizes.forkproxy_memory_procs:
+            while len(fp.procs) < n:
+                i = len(fp.procs)
+                fp.procs.append(fp.spawn(f"tcp:{env.host.ipv4}:{21000 + i}", f"tcp:127.0.0.1:{ECHO_PORT}"))
+            _probe_now(env, env.host.ipv4, 21000 + n - 1)
+            time.sleep(1.0)
+            mem = procstat.memory_kib(fp.cpu_pids())
+            out[str(n)] = {**mem, "measured": True}
+        n_meas = max(sizes.forkproxy_memory_procs)
+        per_rss = out[str(n_meas)]["rss_kib"] / n_meas
+        per_pss = out[str(n_meas)]["pss_kib"] / n_meas
+        for n in sizes.memory_devices:
+            if str(n) not in out:
+                out[str(n)] = {"rss_kib": round(per_rss * n), "pss_kib": round(per_pss * n),
+                               "processes": n, "measured": False}
+    finally:
+        fp.stop()
+    return out
