@@ -1,0 +1,203 @@
+"""One running proxy device: its listeners, accept loop and live connections.
+
+Accepting is a ``loop.add_reader`` callback that drains the listen queue; each accepted client gets
+a short task that dials the target (non-blocking, with a timeout, so a dead or slow target never
+stalls other clients or listeners: LXD dials synchronously in its epoll loop, §9.9), writes the
+PROXY header, then hands both sockets to a callback-driven relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass
+
+from lxdproxy.config.model import ProxyDevice
+from lxdproxy.forward.datagram import UdpListenerRelay, relay_stream_to_datagram
+from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.forward.endpoints import ConnectFailed, Endpoints
+from lxdproxy.forward.plan import DevicePlan, HeaderKind, ListenSpec, RelayKind
+from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
+from lxdproxy.netns import Namespaces
+from lxdproxy.proto.proxy_header import Command, Transport, encode_v1, encode_v2, netns_tlv
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 64  # accepts per wakeup, so one busy listener cannot starve the loop
+ACCEPT_PAUSE = 0.1  # out of fds (EMFILE...): stop accepting this long instead of spinning
+
+
+@dataclass(frozen=True)
+class DeviceParams:
+    """Everything a device was started with, so it can be started again (update restore)."""
+
+    device: ProxyDevice
+    listen_ns: Namespaces
+    connect_ns: Namespaces
+    instance_name: str
+    instance_pid: int | None = None
+
+
+class RunningDevice:
+    def __init__(self, params: DeviceParams, plan: DevicePlan, *, label: str,
+                 connect_timeout: float, udp_idle_timeout: float) -> None:
+        self.params = params
+        self.plan = plan
+        self.label = label
+        self.loop = asyncio.get_running_loop()
+        self.endpoints = Endpoints(params.device, plan, listen_ns=params.listen_ns,
+                                   connect_ns=params.connect_ns, connect_timeout=connect_timeout)
+        self.udp_idle_timeout = udp_idle_timeout
+        self.listeners: list[tuple[socket.socket, ListenSpec]] = []
+        self.udp_relays: list[UdpListenerRelay] = []
+        self.relays: set[StreamRelay] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+        self.failed = 0
+        self.stopped = False
+        self._accepting: set[int] = set()
+        self._warn = RateLimitedLog(log, label)
+        self._mode = RelayMode.RIGHTS if plan.relay is RelayKind.UNIX_RIGHTS else RelayMode.SPLICE
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.relays) + len(self.tasks)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open everything; on failure nothing stays open (raises PlanError)."""
+        try:
+            await self.endpoints.prepare_connector()
+            socks = await self.endpoints.open_listeners()
+        except BaseException:
+            await self.endpoints.close()
+            raise
+        self.listeners = list(zip(socks, self.plan.listeners, strict=True))
+        for sock, spec in self.listeners:
+            if self.plan.relay is RelayKind.DATAGRAM:
+                relay = UdpListenerRelay(
+                    sock, spec.connect_port or 0, self.endpoints.open_datagram,
+                    header_factory=self._datagram_header if self.plan.header is HeaderKind.V2
+                    else None,
+                    idle_timeout=self.udp_idle_timeout,
+                )
+                relay.start()
+                self.udp_relays.append(relay)
+            else:
+                self._resume_accept(sock, spec)
+
+    async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for sock, _spec in self.listeners:
+            self._pause_accept(sock)
+        for relay in self.udp_relays:
+            await relay.stop()
+        for sock, _spec in self.listeners:
+            sock.close()
+        for relay in list(self.relays):
+            relay.close("device stopped")
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.endpoints.close()
+
+    # -- accepting ------------------------------------------------------------------------------
+    def _resume_accept(self, sock: socket.socket, spec: ListenSpec) -> None:
+        if self.stopped or sock.fileno() in self._accepting:
+            return
+        self._accepting.add(sock.fileno())
+        self.loop.add_reader(sock.fileno(), self._on_acceptable, sock, spec)
+
+    def _pause_accept(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd in self._accepting:
+            self._accepting.discard(fd)
+            self.loop.remove_reader(fd)
+
+    def _on_acceptable(self, sock: socket.socket, spec: ListenSpec) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._warn.warning("Failed accepting new connection: %s", exc.strerror)
+                    self._pause_accept(sock)
+                    self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, try the next
+            self.accepted += 1
+            conn.setblocking(False)
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = self.loop.create_task(self._serve(conn, spec))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, client: socket.socket | None, spec: ListenSpec) -> None:
+        assert client is not None
+        target: socket.socket | None = None
+        try:
+            if self.plan.relay is RelayKind.STREAM_TO_DATAGRAM:
+                target = await self.endpoints.open_datagram(spec.connect_port)
+                header = self._stream_header(client)
+                # From here relay_stream_to_datagram owns (and closes) both sockets.
+                stream, dgram, client, target = client, target, None, None
+                await relay_stream_to_datagram(stream, dgram, header=header,
+                                               idle_timeout=self.udp_idle_timeout)
+                return
+            target = await self.endpoints.open_stream(spec.connect_port)
+            header = self._stream_header(client)
+            if header:
+                # Before any data, in one write (as forkproxy does).
+                await self.loop.sock_sendall(target, header)
+            relay = StreamRelay(client, target, mode=self._mode, on_close=self._relay_closed,
+                                warn=self._relay_warning)
+            client = target = None  # the relay owns them now
+            self.relays.add(relay)
+            relay.start()
+        except ConnectFailed as exc:
+            self.failed += 1
+            self._warn.warning("Failed connecting to target: %s", exc)
+        except OSError as exc:
+            self.failed += 1
+            self._warn.warning("Failed preparing connection: %s", exc.strerror or exc)
+        finally:
+            # The client of a failed dial is closed at once: it sees connect-then-close, as with LXD.
+            if client is not None:
+                client.close()
+            if target is not None:
+                target.close()
+
+    def _relay_warning(self, message: str) -> None:
+        self._warn.warning("%s", message)
+
+    def _relay_closed(self, relay: StreamRelay, reason: str) -> None:
+        self.relays.discard(relay)
+
+    # -- PROXY headers --------------------------------------------------------------------------
+    def _stream_header(self, client: socket.socket) -> bytes | None:
+        kind = self.plan.header
+        if kind is HeaderKind.NONE:
+            return None
+        peer, local = client.getpeername(), client.getsockname()
+        if kind is HeaderKind.V1:
+            # forkproxy: "PROXY UNKNOWN\r\n" from a unix listener (v1 has no unix family).
+            if client.family == socket.AF_UNIX:
+                return encode_v1(None, None)
+            return encode_v1(peer, local)
+        transport = (Transport.DGRAM if self.plan.relay is RelayKind.STREAM_TO_DATAGRAM
+                     else Transport.STREAM)
+        return encode_v2(Command.PROXY, transport, peer, local,
+                         [netns_tlv(self.params.instance_name)])
+
+    def _datagram_header(self, client: tuple, local: tuple) -> bytes:
+        return encode_v2(Command.PROXY, Transport.DGRAM, client, local,
+                         [netns_tlv(self.params.instance_name)])

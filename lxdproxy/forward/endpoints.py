@@ -1,0 +1,244 @@
+"""Sockets born in the right namespace: a device's listeners and the connections to its target.
+
+- tcp/udp/abstract-unix sockets come from ``netns_executor(ns.net)`` (a thread inside that netns);
+  connecting happens on the event loop, non-blocking, with a timeout.
+- A unix *path* on a side with its own mount namespace is only ever resolved by a
+  ``NamespaceHelper`` inside that mount namespace: never through ``/proc/<pid>/root`` from here,
+  which would follow the instance's symlinks out to the host (a container escape).
+- ``security.uid``/``security.gid``: every outgoing connection is made by a helper that joined the
+  connect side's user namespace and dropped to those ids (LXD's forkproxy drops its connector the
+  same way, so ids are mapped through the instance's id map for bind=host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+
+from lxdproxy.config.model import BindSide, ConnType, ProxyDevice
+from lxdproxy.forward.plan import (
+    DevicePlan,
+    ListenSpec,
+    PlanError,
+    go_strerror,
+    join_host_port,
+    listen_error,
+)
+from lxdproxy.netns import NamespaceHelper, Namespaces, netns_executor
+
+LISTEN_BACKLOG = 4096
+
+
+class ConnectFailed(Exception):
+    """A connection to the target failed; ``str()`` reads like forkproxy's dial error."""
+
+
+@dataclass
+class _HostSocketFile:
+    """The unix socket file we created on the daemon's side, so stop() removes that one only."""
+
+    path: str
+    identity: tuple[int, int] | None  # (st_dev, st_ino) when it lives in our own mount namespace
+
+
+def _inet_listener(spec: ListenSpec) -> socket.socket:
+    sock_type = socket.SOCK_DGRAM if spec.conn_type is ConnType.UDP else socket.SOCK_STREAM
+    sock = socket.socket(spec.family, sock_type)
+    try:
+        if sock_type == socket.SOCK_STREAM:
+            # As Go: a restarted device can rebind while old connections sit in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if spec.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if spec.dual_stack else 1)
+        sock.bind(spec.sockaddr)
+        if sock_type == socket.SOCK_STREAM:
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _abstract_listener(spec: ListenSpec) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(spec.sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class Endpoints:
+    """The namespaces and helpers of one running device."""
+
+    def __init__(self, device: ProxyDevice, plan: DevicePlan, *, listen_ns: Namespaces,
+                 connect_ns: Namespaces, connect_timeout: float) -> None:
+        self.device = device
+        self.plan = plan
+        self.listen_ns = listen_ns
+        self.connect_ns = connect_ns
+        self.connect_timeout = connect_timeout
+        self._connector: NamespaceHelper | None = None  # joined the connect side (maybe dropped)
+        self._host_socket: _HostSocketFile | None = None
+        self._connect_ex = netns_executor(connect_ns.net)
+
+    # -- listening ------------------------------------------------------------------------------
+    async def open_listeners(self) -> list[socket.socket]:
+        """Every listener of the device, or none: raises PlanError with forkproxy's text."""
+        opened: list[socket.socket] = []
+        try:
+            for spec in self.plan.listeners:
+                opened.append(await self._open_listener(spec))
+        except BaseException:
+            for sock in opened:
+                sock.close()
+            await self.remove_host_socket()
+            raise
+        return opened
+
+    async def _open_listener(self, spec: ListenSpec) -> socket.socket:
+        if spec.family != socket.AF_UNIX:
+            if spec.port is None or not 0 <= spec.port <= 0xFFFF:
+                raise PlanError(listen_error(spec, ValueError("invalid port")))
+            runner = netns_executor(self.listen_ns.net).run
+            try:
+                return await runner(_inet_listener, spec)
+            except OSError as exc:
+                raise PlanError(listen_error(spec, exc)) from None
+        if spec.abstract:
+            try:
+                return await netns_executor(self.listen_ns.net).run(_abstract_listener, spec)
+            except OSError as exc:
+                raise PlanError(listen_error(spec, exc)) from None
+        helper = await self._spawn(self.listen_ns)
+        try:
+            try:
+                sock = await helper.bind_unix(spec.host, socket.SOCK_STREAM, uid=self.device.uid,
+                                              gid=self.device.gid, mode=self.device.mode,
+                                              listen_backlog=LISTEN_BACKLOG)
+            except OSError as exc:
+                raise PlanError(listen_error(spec, exc)) from None
+        finally:
+            await helper.close()
+        if self.device.bind is BindSide.HOST:
+            identity = None
+            if self.listen_ns.mnt is None:
+                st = os.lstat(spec.host)
+                identity = (st.st_dev, st.st_ino)
+            self._host_socket = _HostSocketFile(spec.host, identity)
+        sock.setblocking(False)
+        return sock
+
+    async def remove_host_socket(self) -> None:
+        """Delete the daemon-side socket file we created (LXD does this for bind=host only).
+
+        Only if it is still our socket: a file someone put there since is left alone.
+        """
+        entry, self._host_socket = self._host_socket, None
+        if entry is None:
+            return
+        if entry.identity is not None:
+            try:
+                st = os.lstat(entry.path)
+            except FileNotFoundError:
+                return
+            if (st.st_dev, st.st_ino) == entry.identity:
+                os.unlink(entry.path)
+            return
+        try:
+            helper = await self._spawn(self.listen_ns)
+        except PlanError:
+            return
+        try:
+            await helper.unlink(entry.path)
+        except OSError:
+            pass
+        finally:
+            await helper.close()
+
+    # -- connecting -----------------------------------------------------------------------------
+    async def prepare_connector(self) -> None:
+        """Spawn the connect-side helper when the target needs one (checked at start, as
+        forkproxy joins the connect namespaces before it reports ``Status: Started``)."""
+        target = self.plan.target
+        dropped = bool(self.device.security_uid or self.device.security_gid)
+        foreign_path = (target.family == socket.AF_UNIX and not target.abstract
+                        and (self.connect_ns.mnt is not None or self.connect_ns.user is not None))
+        if dropped or foreign_path:
+            self._connector = await self._spawn(
+                self.connect_ns,
+                uid=self.device.security_uid or None,
+                gid=self.device.security_gid or None,
+            )
+
+    async def open_stream(self, connect_port: int | None) -> socket.socket:
+        return await self._connect(socket.SOCK_STREAM, connect_port)
+
+    async def open_datagram(self, connect_port: int | None) -> socket.socket:
+        return await self._connect(socket.SOCK_DGRAM, connect_port)
+
+    async def _connect(self, sock_type: int, port: int | None) -> socket.socket:
+        target = self.plan.target
+        if target.family == socket.AF_UNIX:
+            address: str | bytes = (b"\0" + target.host[1:].encode() if target.abstract
+                                    else target.host)
+            what = f"dial unix {target.host}"
+        else:
+            assert port is not None
+            what = f"dial {target.conn_type.value} {join_host_port(target.host, port)}"
+            if not 0 <= port <= 0xFFFF:
+                raise ConnectFailed(f"dial {target.conn_type.value}: address {port}: invalid port")
+        try:
+            if self._connector is not None:
+                if target.family == socket.AF_UNIX:
+                    sock = await self._connector.connect_unix(target.host, sock_type,
+                                                              timeout=self.connect_timeout)
+                else:
+                    sock = await self._connector.connect_inet(target.family, sock_type,
+                                                              target.host, port,
+                                                              timeout=self.connect_timeout)
+                sock.setblocking(False)
+            else:
+                if target.family == socket.AF_UNIX and not target.abstract:
+                    sock = socket.socket(socket.AF_UNIX, sock_type)  # a path: netns-independent
+                else:
+                    sock = await self._connect_ex.run(socket.socket, target.family, sock_type)
+                try:
+                    sock.setblocking(False)
+                    sockaddr = address if target.family == socket.AF_UNIX else (target.host, port)
+                    if sock_type == socket.SOCK_DGRAM:
+                        sock.connect(sockaddr)  # no handshake: returns at once
+                    else:
+                        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
+                            sock, sockaddr), self.connect_timeout)
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
+            raise ConnectFailed(f"{what}: i/o timeout") from None
+        except OSError as exc:
+            reason = go_strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise ConnectFailed(f"{what}: connect: {reason}") from None
+        if sock.family != socket.AF_UNIX and sock_type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
+        return sock
+
+    # -- helpers --------------------------------------------------------------------------------
+    async def _spawn(self, ns: Namespaces, *, uid: int | None = None,
+                     gid: int | None = None) -> NamespaceHelper:
+        try:
+            return await NamespaceHelper.spawn(ns, uid=uid, gid=gid)
+        except OSError as exc:
+            raise PlanError(exc.strerror or str(exc)) from None
+
+    async def close(self) -> None:
+        helper, self._connector = self._connector, None
+        if helper is not None:
+            await helper.close()
+        await self.remove_host_socket()

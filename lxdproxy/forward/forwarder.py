@@ -1,0 +1,155 @@
+"""The data plane's front door: every non-NAT proxy device of every instance, in one process.
+
+LXD runs one ``forkproxy`` process (~35 MB) per device; here a device is a few sockets on the
+daemon's event loop. ``key`` is ``(instance_name, device_name)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from lxdproxy.config.model import ProxyDevice
+from lxdproxy.errors import DeviceStartError
+from lxdproxy.forward.device import DeviceParams, RunningDevice
+from lxdproxy.forward.plan import PlanError, plan_device
+from lxdproxy.netns import Namespaces
+
+log = logging.getLogger(__name__)
+
+DeviceKey = tuple[str, str]
+START_ERROR_PREFIX = "Error occurred when starting proxy device: Error: "
+
+
+@dataclass(frozen=True)
+class ForwarderStats:
+    devices: int
+    listeners: int
+    open_connections: int
+    accepted: int
+    failed: int
+
+
+class Forwarder:
+    """Starts, stops and updates proxy devices on the running event loop.
+
+    Calls for one key are serialised (a lock per key), so an update never races a stop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *,
+                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0) -> None:
+        # ``loop`` is accepted for the architecture contract; the running loop is used.
+        self.connect_timeout = connect_timeout
+        self.udp_idle_timeout = udp_idle_timeout
+        self._devices: dict[DeviceKey, RunningDevice] = {}
+        self._locks: dict[DeviceKey, asyncio.Lock] = {}
+
+    # -- public API -----------------------------------------------------------------------------
+    async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
+                    connect_ns: Namespaces, instance_name: str,
+                    instance_pid: int | None = None) -> None:
+        """Start a device; raises DeviceStartError with LXD's text (nothing stays open then)."""
+        params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+        async with self._lock(key):
+            if key in self._devices:
+                raise DeviceStartError(f"Proxy device {key[1]!r} of {key[0]!r} is already running")
+            await self._start(key, params)
+
+    async def stop(self, key: DeviceKey) -> None:
+        """Stop a device and release everything it holds. Stopping an unknown key is a no-op."""
+        async with self._lock(key):
+            await self._stop(key)
+
+    async def update(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
+                     connect_ns: Namespaces, instance_name: str,
+                     instance_pid: int | None = None) -> None:
+        """Any change is stop + start (LXD has no live-updatable proxy keys). If the new config
+        cannot start, the old device is started again and the error raised (LXD leaves the
+        device down until the next restart, spec §6/§9.12)."""
+        params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+        async with self._lock(key):
+            old = self._devices.get(key)
+            await self._stop(key)
+            try:
+                await self._start(key, params)
+            except DeviceStartError:
+                if old is not None:
+                    try:
+                        await self._start(key, old.params)
+                    except DeviceStartError as restore_error:
+                        log.error("%s: could not restore the previous config: %s",
+                                  _label(key), restore_error)
+                raise
+
+    async def restart_for_new_namespaces(self, key: DeviceKey, *, listen_ns: Namespaces,
+                                         connect_ns: Namespaces,
+                                         instance_pid: int | None = None) -> None:
+        """The instance restarted (new init PID): re-create the device against its new
+        namespaces, with the same config. Raises KeyError if the device is not running."""
+        async with self._lock(key):
+            old = self._devices[key]
+            await self._stop(key)
+            params = DeviceParams(old.params.device, listen_ns, connect_ns,
+                                  old.params.instance_name, instance_pid)
+            await self._start(key, params)
+
+    async def stop_all(self) -> None:
+        for key in list(self._devices):
+            await self.stop(key)
+
+    def active(self, key: DeviceKey) -> bool:
+        return key in self._devices
+
+    def keys(self) -> list[DeviceKey]:
+        return list(self._devices)
+
+    def device(self, key: DeviceKey) -> ProxyDevice | None:
+        running = self._devices.get(key)
+        return running.params.device if running else None
+
+    def open_connections(self, key: DeviceKey | None = None) -> int:
+        if key is not None:
+            running = self._devices.get(key)
+            return running.open_connections if running else 0
+        return sum(d.open_connections for d in self._devices.values())
+
+    def stats(self) -> ForwarderStats:
+        devices = list(self._devices.values())
+        return ForwarderStats(
+            devices=len(devices),
+            listeners=sum(len(d.listeners) for d in devices),
+            open_connections=sum(d.open_connections for d in devices),
+            accepted=sum(d.accepted for d in devices),
+            failed=sum(d.failed for d in devices),
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+    def _lock(self, key: DeviceKey) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _start(self, key: DeviceKey, params: DeviceParams) -> None:
+        try:
+            plan = plan_device(params.device)
+        except PlanError as exc:
+            raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+        running = RunningDevice(params, plan, label=_label(key),
+                                connect_timeout=self.connect_timeout,
+                                udp_idle_timeout=self.udp_idle_timeout)
+        try:
+            await running.start()
+        except PlanError as exc:
+            raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+        self._devices[key] = running
+
+    async def _stop(self, key: DeviceKey) -> None:
+        running = self._devices.pop(key, None)
+        if running is not None:
+            await running.stop()
+
+
+def _label(key: DeviceKey) -> str:
+    return f"proxy {key[0]}/{key[1]}"

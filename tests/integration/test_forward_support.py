@@ -1,0 +1,84 @@
+"""Shared helpers for the forwarder's lab tests (no tests here).
+
+Client I/O runs in threads (``asyncio.to_thread``): the forwarder under test lives on the test's
+own event loop, so a blocking client call on that loop would deadlock it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from lxdproxy.config import validate_proxy_device
+from lxdproxy.config.model import ProxyDevice
+from lxdproxy.forward import Forwarder
+
+Address = tuple[Any, ...] | str | bytes
+
+
+def proxy(**config: str) -> ProxyDevice:
+    """A device from LXD-style keys; ``security_uid`` stands for ``security.uid``."""
+    raw: Mapping[str, str] = {k.replace("security_", "security."): v for k, v in config.items()}
+    return validate_proxy_device({"type": "proxy", **raw})
+
+
+def unix_address(path: str) -> str | bytes:
+    return b"\0" + path[1:].encode() if path.startswith("@") else path
+
+
+def _roundtrip(sock: socket.socket, addr: Address, payload: bytes, half_close: bool) -> bytes:
+    with sock:
+        sock.settimeout(15)
+        sock.connect(unix_address(addr) if isinstance(addr, str) else addr)
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            # No half-close: read until the echo of everything came back.
+            data = b""
+            while len(data) < len(payload):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+async def roundtrip(place: Any, addr: Address, payload: bytes = b"hello", *,
+                    family: int | None = None, half_close: bool = True) -> bytes:
+    """Connect from ``place`` (lab.host, an instance, a client; None = this process), send,
+    half-close, read until EOF."""
+    if isinstance(addr, str):
+        family = socket.AF_UNIX
+    elif family is None:
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    if place is None:  # only for unix paths: this process is in the machine's own netns
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    else:
+        sock = await asyncio.to_thread(place.socket, family, socket.SOCK_STREAM)
+    return await asyncio.to_thread(_roundtrip, sock, addr, payload, half_close)
+
+
+async def started(fwd: Forwarder, name: str, device: ProxyDevice, *, host: Any, inst: Any,
+                  instance_name: str = "c1") -> tuple[str, str]:
+    """Start ``device`` of instance ``inst`` with ``host`` (lab.host) as the daemon's side."""
+    key = (instance_name, name)
+    host_ns, inst_ns = host.namespaces, inst.namespaces
+    if device.bind.value == "host":
+        listen_ns, connect_ns = host_ns, inst_ns
+    else:
+        listen_ns, connect_ns = inst_ns, host_ns
+    await fwd.start(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
+                    instance_name=instance_name, instance_pid=getattr(inst, "pid", None))
+    return key
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
