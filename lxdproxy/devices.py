@@ -36,8 +36,11 @@ class DeviceRuntime:
     """Which devices run, and how. Not thread safe: used from the daemon's loop only."""
 
     def __init__(self, *, nft_table: str = "lxdproxy", forwarder: Any = None,
-                 nat_applier: Any = None) -> None:
+                 nat_applier: Any = None, host_ns: Any = None) -> None:
+        """``host_ns`` (a Namespaces) stands for the host side; None = the daemon's own
+        namespaces. Tests pass a lab netns so nothing touches the machine's namespace."""
         self.nft_table = nft_table
+        self._host_ns = host_ns
         self._forwarder = forwarder
         self._nat_applier = nat_applier
         self._running: dict[Key, RunningDevice] = {}
@@ -59,7 +62,8 @@ class DeviceRuntime:
                 from lxdproxy.nat.apply import NatApplier
             except ImportError as exc:
                 raise NotSupportedError(f"NAT mode is not available: {exc}") from None
-            self._nat_applier = NatApplier(net_path=None, table=self.nft_table)
+            net_path = self._host_ns.net if self._host_ns is not None else None
+            self._nat_applier = NatApplier(net_path=net_path, table=self.nft_table)
         return self._nat_applier
 
     # -- queries ------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ class DeviceRuntime:
         from lxdproxy.netns import Namespaces
 
         try:
-            host = Namespaces.current()
+            host = self._host_ns or Namespaces.current()
             inst = Namespaces.of_instance(instance)
         except (OSError, ProcessLookupError) as exc:
             raise DeviceStartError(f"Instance namespaces are not reachable: {exc}") from None

@@ -72,9 +72,16 @@ def _now() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}000Z"
 
 
-def parse_anchor(config: Mapping[str, str]) -> tuple[int | None, str | None, int | None]:
-    """(pid, netns, pid_starttime) from an instance config; ConfigError when unusable."""
+def parse_anchor(config: Mapping[str, str], previous: InstanceRow | None = None
+                 ) -> tuple[int | None, str | None, int | None]:
+    """(pid, netns, pid_starttime) from an instance config; ConfigError when unusable.
+
+    A PID or netns that did not change is kept as is even if it is gone (the instance is then
+    Stopped), so the devices of a stopped instance can still be edited."""
     pid_text, netns = config.get(PID_KEY), config.get(NETNS_KEY)
+    if previous is not None and (pid_text, netns) == (previous.config.get(PID_KEY),
+                                                       previous.config.get(NETNS_KEY)):
+        return (int(pid_text) if pid_text else None), netns, previous.pid_starttime
     if pid_text and netns:
         raise ConfigError(f'Config "{PID_KEY}" and "{NETNS_KEY}" are mutually exclusive')
     if not pid_text and not netns:
@@ -235,14 +242,14 @@ class LocalBackend:
     def check_update(self, name: str, record: Mapping[str, Any]) -> None:
         """Raise ConfigError if ``update_record`` would refuse ``record`` (called before any
         device is touched, so a rejected write changes nothing)."""
-        self._row(name)
+        row = self._row(name)
         if "config" in record:
-            parse_anchor(record["config"])
+            parse_anchor(record["config"], row)
 
     async def update_record(self, name: str, record: dict[str, Any]) -> None:
         row = self._row(name)
         config = dict(record.get("config", row.config))
-        _pid, _netns, start = parse_anchor(config)
+        _pid, _netns, start = parse_anchor(config, row)
         new = InstanceRow(name=row.name, type=row.type, config=config,
                           description=record.get("description", row.description),
                           created_at=row.created_at, pid_starttime=start)
