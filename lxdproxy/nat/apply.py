@@ -13,9 +13,11 @@ them for the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import nftables
@@ -32,7 +34,7 @@ from lxdproxy.nat.rules import (
     chain_name,
     check_table_name,
 )
-from lxdproxy.netns import netns_executor
+from lxdproxy.netns import netns_executor, ns_identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,10 +64,18 @@ class NatApplier:
         self._lock = threading.RLock()
         self._applied: dict[str, NatRuleSet] = {}
         self._created_table = False  # we created it, so we may delete it once empty
+        self._worker: ThreadPoolExecutor | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
     def call_in_namespace(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` inside the namespace (blocking), serialised with every other call."""
         with self._lock:
+            if _loop_running() and self._executor.identity == _thread_netns():
+                # The daemon's own netns runs inline: keep pyroute2's private event loop off
+                # this thread's running one by using a worker (same netns, so same bindings).
+                if self._worker is None:
+                    self._worker = ThreadPoolExecutor(1, thread_name_prefix="nat")
+                return self._worker.submit(fn, *args).result()
             return self._executor.call(fn, *args)
 
     def _ctx(self) -> nftables.Nftables:
@@ -202,6 +212,18 @@ class NatApplier:
             flush_udp_flows(flows)
         except OSError as exc:  # conntrack not available: the rules still work for new flows
             log.warning("could not flush conntrack entries in %s: %s", self.net_path, exc)
+
+
+def _thread_netns() -> tuple[int, int]:
+    return ns_identity("/proc/thread-self/ns/net")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _object_name(obj: dict[str, Any]) -> str | None:

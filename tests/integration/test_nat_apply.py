@@ -170,3 +170,32 @@ def test_check_and_repair_after_flush_ruleset(lab: Lab) -> None:
     applier.remove("c1.a")
     lab.host.run(["nft", "flush", "ruleset"])
     assert applier.check_and_repair() == ["c1.b"]  # a removed device is not brought back
+
+
+INLINE_SCRIPT = """
+import asyncio
+from lxdproxy.nat.apply import NatApplier
+from lxdproxy.nat.rules import build_nat_ruleset
+from tests.unit.nat_helpers import instance, nat_device
+from lxdproxy.instances.model import Nic
+
+async def main():
+    # The daemon's own netns (inline executor), called straight from the event loop's thread,
+    # as DeviceRuntime does: conntrack (pyroute2) must not trip over the running loop.
+    inst = instance(Nic("eth0", "routed", "10.123.0.10"))
+    applier = NatApplier(None)
+    applier.apply(build_nat_ruleset(nat_device("udp:198.18.0.1:53", "udp:0.0.0.0:53"), inst, "d"))
+    print(applier.list_labels())
+    assert applier.remove("c1.d")
+
+asyncio.run(main())
+"""
+
+
+def test_sync_calls_from_an_event_loop_in_the_own_netns(lab: Lab) -> None:
+    import sys
+
+    out = lab.host.run([sys.executable, "-c", INLINE_SCRIPT], text=True,
+                       cwd=str(FIXTURES.parents[1]))
+    assert out.stdout == "['c1.d']\n"
+    assert ruleset(lab) == ""
