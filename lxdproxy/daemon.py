@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -96,11 +97,26 @@ class Daemon:
         self.runtime: DeviceRuntime | None = None
         self.service: InstanceService | None = None
         self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
+        self._own_socket = False
+
+    def _lock_state_dir(self) -> None:
+        # Two daemons on one state dir would both realise every device: refuse the second.
+        fd = os.open(self.config.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError("Another daemon is already running with state directory "
+                              f"{self.config.state_dir}") from None
+        self._lock_fd = fd
 
     async def start(self) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.state_dir, 0o711)
+        self._lock_state_dir()
+        _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
         self.backend = _make_backend(cfg, self.store)
         self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
@@ -114,11 +130,11 @@ class Daemon:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
 
-        _claim_socket_path(cfg.unix_socket)
         cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
         old_umask = os.umask(0o177)  # no window in which the socket is world-accessible
         try:
             await web.UnixSite(self._runner, str(cfg.unix_socket)).start()
+            self._own_socket = True
         finally:
             os.umask(old_umask)
         os.chmod(cfg.unix_socket, cfg.socket_mode)
@@ -149,8 +165,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self.config.unix_socket.unlink()
+        if self._own_socket:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.unix_socket.unlink()
         if self.service is not None:
             await self.service.close()
         if self.runtime is not None:
@@ -159,6 +176,8 @@ class Daemon:
             await self.backend.close()
         if self.store is not None:
             self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
 
 
 async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -> None:

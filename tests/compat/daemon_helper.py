@@ -1,0 +1,103 @@
+"""Run the real ``lxdproxy serve`` inside ``lab.host`` (so its listeners and NAT rules land in
+the lab's host netns) and talk to it over its unix socket."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
+NFT_TABLE = "lxdproxytest"
+
+
+class RunningDaemon:
+    def __init__(self, lab: Any, state_dir: Path) -> None:
+        self.lab = lab
+        self.state_dir = state_dir
+        self.socket = state_dir / "unix.socket"
+        self.log = state_dir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> RunningDaemon:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = self.lab.host.popen(
+            [str(LXDPROXY), "serve", "--state-dir", str(self.state_dir),
+             "--nft-table", NFT_TABLE],
+            stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"lxdproxy: listening on"):
+                    return self
+                if not line:
+                    break
+        raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def env(self, conf_dir: Path) -> dict[str, str]:
+        return {**os.environ, "LXD_CONF": str(conf_dir), "LXD_SOCKET": str(self.socket)}
+
+
+def roundtrip(place: Any, host: str, port: int, payload: bytes = b"ping",
+              family: int = socket.AF_INET) -> bytes:
+    """Connect from ``place`` (lab.host or a client), send, half-close, read until EOF."""
+    s = place.socket(family, socket.SOCK_STREAM)
+    try:
+        s.connect((host, port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return data
+    finally:
+        s.close()
+
+
+def eventually_roundtrip(place: Any, host: str, port: int, payload: bytes = b"ping",
+                         timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return roundtrip(place, host, port, payload)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def unix_roundtrip(path: str, payload: bytes = b"ping") -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return data
+    finally:
+        s.close()
