@@ -23,11 +23,12 @@ pytestmark = pytest.mark.lab
 LXDPROXY = Path(sys.executable).with_name("lxdproxy")
 
 
-def start_daemon(lab: Lab, state: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(state / "s")
+def start_daemon(lab: Lab, tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`lxdproxy serve` in the lab host netns, state in <tmp>/st, API socket <tmp>/s."""
+    sock = str(tmp / "s")
     argv = [str(LXDPROXY)] if LXDPROXY.exists() else [sys.executable, "-m", "lxdproxy.cli"]
-    proc = lab.host.popen([*argv, "serve", "--state-dir", str(state / "st"), "--socket", sock],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = lab.host.popen([*argv, "serve", "--state-dir", str(tmp / "st"), "--socket", sock,
+                           *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
