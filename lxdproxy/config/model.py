@@ -51,8 +51,9 @@ class ProxyDevice:
     """A validated proxy device.
 
     ``port_map`` is the resolved listen->connect mapping, one pair per listen port in listen
-    order (N:N by position, N:1 to the single connect port). It is empty when listen is unix;
-    then ``unix_connect_port`` is the single connect port (or None for a unix connect).
+    order (N:N by position, N:1 to the single connect port). It is empty when listen is unix
+    (then ``unix_connect_port`` is the single connect port, or None for a unix connect) and when
+    connect is unix (then ``listen.ports`` are the ports to listen on).
     """
 
     listen: ProxyAddress
