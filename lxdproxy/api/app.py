@@ -19,6 +19,7 @@ from lxdproxy.api.envelopes import (
     lxd_error_response,
     sync_response,
 )
+from lxdproxy.api.instance_filter import matches, parse_filter
 from lxdproxy.api.operations import OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
@@ -117,8 +118,9 @@ async def list_instances(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     recursion = _recursion(request)
     wanted_type = request.query.get("instance-type")
+    clauses = parse_filter(request.query.get("filter", ""))
     names = sorted(await service.names())
-    if recursion <= 0 and not wanted_type:
+    if recursion <= 0 and not wanted_type and not clauses:
         return sync_response([f"/1.0/instances/{n}" for n in names])
     records = []
     for name in names:
@@ -127,6 +129,8 @@ async def list_instances(request: web.Request) -> web.Response:
         except NotFoundError:
             continue  # deleted meanwhile
         if wanted_type and rec.get("type") != wanted_type:
+            continue
+        if not matches(clauses, rec):
             continue
         records.append(rec)
     if recursion <= 0:

@@ -9,6 +9,7 @@ from typing import Any
 
 # Advertise ONLY what is implemented: clients gate behaviour on these names.
 API_EXTENSIONS: tuple[str, ...] = (
+    "api_filtering",
     "etag",
     "patch",
     "network_state",

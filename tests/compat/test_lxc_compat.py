@@ -105,5 +105,10 @@ def test_lxc_info_and_operations(lab: Any, daemon: RunningDaemon, lxc: Any) -> N
     assert "Status: RUNNING" in info and f"PID: {inst.pid}" in info
     assert f"inet:  {inst.ipv4}/24 (global)" in info
     assert "Creating instance" in lxc("operation", "list").stdout
+    listed = lxc("list", "--format", "csv").stdout
+    assert listed.startswith(f"c1,RUNNING,{inst.ipv4} (eth0),")
+    assert lxc("list", "status=running", "--format", "csv").stdout == listed
+    assert lxc("list", "status=stopped", "--format", "csv").stdout == ""
+    assert lxc("list", "user.lxdproxy.pid=" + str(inst.pid), "--format", "csv").stdout == listed
     start = lxc("start", "c1", ok=False)
     assert start.returncode == 1 and "not supported" in start.stderr

@@ -191,3 +191,21 @@ def test_operations_are_kept_for_the_retention_period_then_404() -> None:
     with pytest.raises(NotFoundError) as err:
         ops.get(op.id)
     assert err.value.message == "Operation not found"
+
+
+def test_instance_filter_subset() -> None:
+    from lxdproxy.api.instance_filter import matches, parse_filter
+
+    rec = {"name": "c1", "status": "Running", "type": "container",
+           "config": {"user.x": "1"}, "expanded_config": {"user.x": "1"}}
+    assert matches(parse_filter(""), rec)
+    assert matches(parse_filter("status eq running and name eq c1"), rec)
+    assert not matches(parse_filter("status eq stopped"), rec)
+    assert matches(parse_filter("status ne stopped"), rec)
+    assert matches(parse_filter("expanded_config.user.x eq 1"), rec)
+    assert not matches(parse_filter("config.user.y eq 1"), rec)
+    assert matches(parse_filter('name eq "c1"'), rec)
+    for bad in ("name eq c1 or name eq c2", "name gt c1", "(name eq c1)"):
+        with pytest.raises(LxdError) as err:
+            parse_filter(bad)
+        assert err.value.status == 400 and "Unsupported filter" in err.value.message
