@@ -87,7 +87,10 @@ def probe(host: str, port: int, timeout: float, interval: float) -> dict:
     while time.monotonic() < deadline:
         attempts += 1
         try:
-            with socket.create_connection((host, port), timeout=1) as s:
+            # a short connect timeout: a SYN that races the listener's creation is retried by
+            # us at once rather than by the kernel after a second
+            with socket.create_connection((host, port), timeout=0.25) as s:
+                s.settimeout(5)
                 s.sendall(b"!")
                 if s.recv(1) == b"!":
                     return {"t_first_byte": time.monotonic(), "attempts": attempts}

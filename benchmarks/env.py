@@ -19,8 +19,11 @@ ECHO_PORT = 7000  # TCP echo server in the instance
 
 # Many short connections leave TIME_WAIT sockets on the connecting side (the clients in the lab host,
 # and a proxy's outgoing side in the instance). These are per-netns sysctls of the lab's namespaces.
+# Every port a peer listens on is below EPHEMERAL_LOW, so a client's source port (its local address is
+# 198.18.0.1 too) never takes a port a listener is about to bind.
+EPHEMERAL_LOW = 30000
 _CONN_SYSCTLS = {
-    "net/ipv4/ip_local_port_range": "1024 65000",
+    "net/ipv4/ip_local_port_range": f"{EPHEMERAL_LOW} 65000",
     "net/ipv4/tcp_tw_reuse": "1",
     "net/core/somaxconn": "4096",
     "net/ipv4/tcp_max_syn_backlog": "4096",

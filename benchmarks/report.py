@@ -49,10 +49,10 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     mem = results.get("memory", {})
     for n in results["meta"]["sizes"]["memory_devices"]:
         row: dict[str, float | None] = {p: None for p in peers}
-        if "lxdproxy" in mem and str(n) in mem["lxdproxy"]:
-            row["lxdproxy"] = mem["lxdproxy"][str(n)]["rss_kib"] / MB
-        if "forkproxy" in mem and str(n) in mem["forkproxy"]:
-            row["forkproxy"] = mem["forkproxy"][str(n)]["rss_kib"] / MB
+        for peer in ("lxdproxy", "forkproxy"):
+            point = mem.get(peer, {}).get(str(n))
+            if isinstance(point, dict) and "rss_kib" in point:
+                row[peer] = point["rss_kib"] / MB
         out[f"rss_{n}"] = row
     return out
 
@@ -167,16 +167,17 @@ def plot(results: dict[str, Any], summary: dict[str, dict[str, float | None]], p
         for x, y in zip(xs, ys, strict=True):
             ax.annotate(fmt(y), (x, y), ha="center", va="bottom", fontsize=7)
     ax = axes.flat[len(keys)]
-    mem = results.get("memory", {})
     for peer in ("lxdproxy", "forkproxy"):
-        if peer in mem:
-            ns = sorted(int(n) for n in mem[peer] if n != "0")
-            ax.plot(ns, [mem[peer][str(n)]["rss_kib"] / MB for n in ns], marker="o", label=peer,
+        ns = [n for n in results["meta"]["sizes"]["memory_devices"]
+              if summary[f"rss_{n}"].get(peer) is not None]
+        if ns:
+            ax.plot(ns, [summary[f"rss_{n}"][peer] for n in ns], marker="o", label=peer,
                     color=colors[peer])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_title("Memory vs TCP devices\n(MiB RSS, lower is better; forkproxy extrapolated)", fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     fig.suptitle(f"lxdproxy benchmarks ({results['meta']['sizes']['name']} run, medians of "
                  f"{results['meta']['sizes']['rounds']} interleaved rounds)")
     fig.tight_layout()

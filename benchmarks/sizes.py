@@ -18,10 +18,11 @@ class Sizes:
     memory_devices: tuple[int, ...]  # lxdproxy: devices in one daemon
     forkproxy_memory_procs: tuple[int, ...]  # forkproxy: processes actually started
     device_add_trials: int
+    settle_seconds: float  # pause before reading memory, so freshly made allocations count
 
 
-FULL = Sizes("full", 5, "2G", 5.0, 4, 20000, 5, "2G", (1, 100, 1000), (1, 10), 10)
-QUICK = Sizes("quick", 3, "256M", 1.5, 4, 3000, 1, "2G", (1, 100, 1000), (1, 3), 5)
-SMOKE = Sizes("smoke", 1, "4M", 0.2, 2, 50, 1, "20M", (1, 3), (1,), 1)
+FULL = Sizes("full", 5, "2G", 5.0, 4, 20000, 5, "2G", (1, 100, 1000), (1, 10), 10, 1.0)
+QUICK = Sizes("quick", 3, "256M", 1.5, 4, 3000, 1, "2G", (1, 100, 1000), (1, 3), 5, 1.0)
+SMOKE = Sizes("smoke", 1, "4M", 0.2, 2, 50, 1, "20M", (1, 3), (1,), 1, 0.1)
 
 BY_NAME = {s.name: s for s in (FULL, QUICK, SMOKE)}

@@ -128,7 +128,7 @@ def memory_lxdproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
             add_s = time.monotonic() - t0
             have = n
             check = _probe_now(env, env.host.ipv4, 20000 + n - 1)
-            time.sleep(1.0)  # let allocations settle
+            time.sleep(sizes.settle_seconds)
             out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check}
     finally:
         daemon.stop()
@@ -156,7 +156,7 @@ def memory_forkproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
                 i = len(fp.procs)
                 fp.procs.append(fp.spawn(f"tcp:{env.host.ipv4}:{21000 + i}", f"tcp:127.0.0.1:{ECHO_PORT}"))
             _probe_now(env, env.host.ipv4, 21000 + n - 1)
-            time.sleep(1.0)
+            time.sleep(sizes.settle_seconds)
             mem = procstat.memory_kib(fp.cpu_pids())
             out[str(n)] = {**mem, "measured": True}
         n_meas = max(sizes.forkproxy_memory_procs)
