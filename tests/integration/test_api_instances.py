@@ -327,3 +327,19 @@ async def test_devices_follow_a_restarted_instance(lab: Any, make_api: Any) -> N
     assert state["pid"] == inst.pid
     assert inst.ipv4 in [a["address"] for nic in state["network"].values()
                          for a in nic["addresses"]]
+
+
+@pytest.mark.lab
+async def test_instance_registered_by_netns_name(lab: Any, make_api: Any) -> None:
+    api = await make_api(host_ns=lab.host.namespaces)
+    peer = lab.add_client()
+    lab.echo(peer, "tcp", "127.0.0.1", 9000)
+    resp = await api.post("/1.0/instances", json={
+        "name": "n1", "source": {"type": "none"},
+        "config": {"user.lxdproxy.netns": peer.name}, "devices": {"web": PROXY}})
+    assert resp.status == 202 and (await resp.json())["metadata"]["status"] == "Success"
+    assert await asyncio.to_thread(roundtrip, lab, 7000) == b"ping"
+    state = (await get(api, "/1.0/instances/n1/state"))[1]["metadata"]
+    assert state["status"] == "Running" and state["pid"] == 0
+    assert peer.ipv4 in [a["address"] for nic in state["network"].values()
+                         for a in nic["addresses"]]
