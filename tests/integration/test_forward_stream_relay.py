@@ -14,10 +14,7 @@ import socket
 import pytest
 
 from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
-
-
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+from tests.integration.test_forward_support import fd_count as _fd_count  # noqa: E402
 
 
 class Pair:

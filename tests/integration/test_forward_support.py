@@ -7,6 +7,7 @@ own event loop, so a blocking client call on that loop would deadlock it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 from collections.abc import Mapping
@@ -29,32 +30,28 @@ def unix_address(path: str) -> str | bytes:
     return b"\0" + path[1:].encode() if path.startswith("@") else path
 
 
-def _roundtrip(sock: socket.socket, addr: Address, payload: bytes, half_close: bool) -> bytes:
+def _roundtrip(sock: socket.socket, addr: Address, payload: bytes, half_close: bool,
+               expect: int | None) -> bytes:
     with sock:
         sock.settimeout(15)
         sock.connect(unix_address(addr) if isinstance(addr, str) else addr)
         sock.sendall(payload)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        else:
-            # No half-close: read until the echo of everything came back.
-            data = b""
-            while len(data) < len(payload):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            return data
         data = b""
-        while chunk := sock.recv(65536):
+        while expect is None or len(data) < expect:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
             data += chunk
         return data
 
 
 async def roundtrip(place: Any, addr: Address, payload: bytes = b"hello", *,
-                    family: int | None = None, half_close: bool = True) -> bytes:
+                    family: int | None = None, half_close: bool = True,
+                    expect: int | None = None) -> bytes:
     """Connect from ``place`` (lab.host, an instance, a client; None = this process), send,
-    half-close, read until EOF."""
+    half-close (unless told not to), read until EOF or until ``expect`` bytes came back."""
     if isinstance(addr, str):
         family = socket.AF_UNIX
     elif family is None:
@@ -63,7 +60,7 @@ async def roundtrip(place: Any, addr: Address, payload: bytes = b"hello", *,
         sock = socket.socket(family, socket.SOCK_STREAM)
     else:
         sock = await asyncio.to_thread(place.socket, family, socket.SOCK_STREAM)
-    return await asyncio.to_thread(_roundtrip, sock, addr, payload, half_close)
+    return await asyncio.to_thread(_roundtrip, sock, addr, payload, half_close, expect)
 
 
 async def started(fwd: Forwarder, name: str, device: ProxyDevice, *, host: Any, inst: Any,
@@ -81,4 +78,7 @@ async def started(fwd: Forwarder, name: str, device: ProxyDevice, *, host: Any, 
 
 
 def fd_count() -> int:
+    # Collect first: earlier tests may leave unreachable objects holding fds (e.g. a Popen's
+    # stdout pipe) that the collector would otherwise close in the middle of a measurement.
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
