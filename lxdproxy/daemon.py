@@ -99,6 +99,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
         self._own_socket = False
+        self._retry: asyncio.Task[None] | None = None
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -121,7 +122,10 @@ class Daemon:
         self.backend = _make_backend(cfg, self.store)
         self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
         self.service = InstanceService(self.backend, self.store, self.runtime)
-        await self.service.reconcile()
+        if not await self.service.reconcile():
+            # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
+            self._retry = asyncio.get_running_loop().create_task(
+                self.service.reconcile_until_done())
 
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
@@ -162,6 +166,10 @@ class Daemon:
         return trust, ssl_ctx, info
 
     async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

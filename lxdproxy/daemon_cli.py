@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port, serve
+from lxdproxy.errors import LxdError
 from lxdproxy.store import StoreError
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(serve(config))
         else:
             uvloop.run(serve(config))
-    except (DaemonError, StoreError, OSError) as exc:
+    except (DaemonError, StoreError, LxdError, OSError) as exc:
         print(f"lxdproxy: error: {exc}", file=sys.stderr)
         return 1
     return 0

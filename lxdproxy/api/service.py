@@ -199,14 +199,27 @@ class InstanceService:
 
     # -- runtime following ----------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Realise every stored proxy device of every running instance. Failures are logged."""
+    async def reconcile(self) -> bool:
+        """Realise every stored proxy device of every running instance. Device failures are
+        logged; False when the instance list itself could not be read (LXD unreachable)."""
         async with self._lock:
-            names = set(await self.backend.list_names())
+            try:
+                names = set(await self.backend.list_names())
+            except Exception as exc:
+                log.error("reconcile: cannot list instances: %s", exc)
+                return False
             if not self.owns_all_devices:
                 names &= set(self.store.device_instances())
             for name in sorted(names):
-                await self._realise(name)
+                try:
+                    await self._realise(name)
+                except Exception as exc:
+                    log.error("reconcile: instance %s: %s", name, exc)
+            return True
+
+    async def reconcile_until_done(self, retry_s: float = 5.0) -> None:
+        while not await self.reconcile():
+            await asyncio.sleep(retry_s)
 
     async def _realise(self, name: str) -> None:
         try:
