@@ -195,17 +195,19 @@ class Endpoints:
             if not 0 <= port <= 0xFFFF:
                 raise ConnectFailed(f"dial {target.conn_type.value}: address {port}: invalid port")
         try:
-            if self._connector is not None:
-                if target.family == socket.AF_UNIX:
-                    sock = await self._connector.connect_unix(target.host, sock_type,
-                                                              timeout=self.connect_timeout)
-                else:
-                    sock = await self._connector.connect_inet(target.family, sock_type,
-                                                              target.host, port,
-                                                              timeout=self.connect_timeout)
+            if self._connector is not None and target.family == socket.AF_UNIX:
+                # Path lookup, permission checks and SO_PEERCRED all happen at connect(): it
+                # must run inside the helper (its mount ns, its ids).
+                sock = await self._connector.connect_unix(target.host, sock_type,
+                                                          timeout=self.connect_timeout)
                 sock.setblocking(False)
             else:
-                if target.family == socket.AF_UNIX and not target.abstract:
+                if self._connector is not None:
+                    # An inet socket carries its creator's ids (netfilter's skuid/skgid): the
+                    # dropped helper makes it, and we connect it here, non-blocking, so a dead
+                    # target never holds up the (one-request-at-a-time) helper.
+                    sock = await self._connector.socket(target.family, sock_type)
+                elif target.family == socket.AF_UNIX and not target.abstract:
                     sock = socket.socket(socket.AF_UNIX, sock_type)  # a path: netns-independent
                 else:
                     sock = await self._connect_ex.run(socket.socket, target.family, sock_type)

@@ -133,7 +133,7 @@ def _target_spec(conn_type: ConnType, address: str, abstract: bool) -> TargetSpe
     if ip is None or ip.is_unspecified:
         # Dialing the unspecified address reaches the local stack (Go and Linux agree); say so
         # explicitly: the instance's own loopback, inside the connect namespace.
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        if isinstance(ip, ipaddress.IPv6Address):
             return TargetSpec(conn_type, socket.AF_INET6, "::1")
         return TargetSpec(conn_type, socket.AF_INET, "127.0.0.1")
     family, host = _family_host(ip)
@@ -141,13 +141,17 @@ def _target_spec(conn_type: ConnType, address: str, abstract: bool) -> TargetSpe
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    return ipaddress.ip_address(address) if address else None
+    """The address as Go sees it: an IPv4-mapped IPv6 literal is IPv4 (so ::ffff:0.0.0.0 is
+    the IPv4 wildcard)."""
+    if not address:
+        return None
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _family_host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, str]:
-    # Go treats an IPv4-mapped IPv6 literal as IPv4 (an AF_INET socket).
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return socket.AF_INET, str(ip.ipv4_mapped)
     if isinstance(ip, ipaddress.IPv6Address):
         return socket.AF_INET6, str(ip)
     return socket.AF_INET, str(ip)

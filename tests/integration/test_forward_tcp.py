@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -120,3 +121,23 @@ async def test_many_listen_ports_are_independent_of_one_slow_client(
         assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"next") == b"next"
     finally:
         idle.close()
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
+async def test_security_uid_owns_the_outgoing_tcp_socket(lab: Lab, fwd: Forwarder,
+                                                         userns: bool) -> None:
+    # forkproxy's connector runs as security.uid/gid, so its sockets carry that owner (what
+    # netfilter's `meta skuid` sees); inside a user namespace that is the instance's uid 1234.
+    inst = lab.add_instance(userns=userns)
+    lab.echo(inst, "tcp", "127.0.0.1", 4321)
+    await started(fwd, "p", proxy(listen="tcp:127.0.0.1:1234", connect="tcp:127.0.0.1:4321",
+                                  security_uid="1234", security_gid="1234"),
+                  host=lab.host, inst=inst)
+    held = lab.host.socket()
+    held.connect(("127.0.0.1", 1234))
+    held.sendall(b"x")
+    assert await asyncio.to_thread(held.recv, 1) == b"x"
+    out = (await asyncio.to_thread(inst.run, ["ss", "-tnHe", "state", "established",
+                                              "dport", "=", ":4321"])).stdout.decode()
+    held.close()
+    assert "uid:1234 " in out, out
