@@ -544,6 +544,17 @@ class _StreamToDatagram:
         self._loop.remove_writer(self._dfd)  # type: ignore[union-attr]
         self._resume_stream()
 
+    def _rearm_dgram(self) -> None:
+        if self._done is None or self._done.done():
+            return
+        loop = self._loop
+        loop.remove_reader(self._dfd)  # type: ignore[union-attr]
+        loop.remove_writer(self._dfd)  # type: ignore[union-attr]
+        if self._reading_dgram:
+            loop.add_reader(self._dfd, self._on_dgram_readable)  # type: ignore[union-attr]
+        if self._to_dgram:
+            loop.add_writer(self._dfd, self._on_dgram_writable)  # type: ignore[union-attr]
+
     # -- datagram -> stream ------------------------------------------------------------
 
     def _on_dgram_readable(self) -> None:
@@ -554,7 +565,11 @@ class _StreamToDatagram:
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionRefusedError:
-                continue  # ICMP unreachable: nobody is listening yet; the client may retry
+                # ICMP unreachable: nobody listens yet, but the client may retry later.
+                # uvloop (libuv) stops polling an fd that reported POLLERR, even after the
+                # callback consumed the error: register it again once this callback is over.
+                self._loop.call_soon(self._rearm_dgram)  # type: ignore[union-attr]
+                continue
             except OSError as e:
                 self._log.warning("target socket failed: %s", e)
                 self._finish()
