@@ -114,8 +114,9 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(cfg.state_dir, 0o711)
+        if not cfg.state_dir.exists():
+            # Only a directory we create gets our mode; never chmod one the user pointed us at.
+            cfg.state_dir.mkdir(parents=True, mode=0o711)
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
