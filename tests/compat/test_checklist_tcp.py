@@ -1,0 +1,72 @@
+"""LXD checklist part B1-B4 (spec §7): tcp -> tcp through the real ``lxc`` client, with a
+restart of the instance and a live connect change, then a multi-port device with half-close."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+
+from tests.compat.checklist_support import (
+    P2,
+    P3,
+    Daemon,
+    P,
+    checklist_daemon,
+    echo_server,
+    eventually,
+    refused,
+    tcp_echo,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.lxc,
+              pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]
+
+__all__ = ["checklist_daemon"]
+
+MSG = b"checklist\n"
+
+
+def test_b1_to_b4_tcp(lab: Any, checklist_daemon: Daemon) -> None:
+    d = checklist_daemon
+    inst = lab.add_instance()
+    d.register("proxyTester", inst)
+
+    # B1
+    echo_server(lab, inst, "tcp", "127.0.0.1", 4321)
+    d.add("proxyTester", "proxyDev", f"listen=tcp:127.0.0.1:{P}", "connect=tcp:127.0.0.1:4321",
+          "bind=host")
+    assert tcp_echo(lab, P) == MSG
+    shown = d.lxc("config", "device", "show", "proxyTester").stdout
+    assert (f"proxyDev:\n  bind: host\n  connect: tcp:127.0.0.1:4321\n"
+            f"  listen: tcp:127.0.0.1:{P}\n  type: proxy\n") in shown
+
+    # B2: restart -f, new server -> the device is re-created against the new init
+    d.restart("proxyTester", inst)
+    server = echo_server(lab, inst, "tcp", "127.0.0.1", 4321)
+    assert tcp_echo(lab, P) == MSG
+    assert d.state("proxyTester")["pid"] == inst.pid
+
+    # B3: live connect change
+    echo_server(lab, inst, "tcp", "127.0.0.1", 1337, tag=True)
+    d.lxc("config", "device", "set", "proxyTester", "proxyDev", "connect", "tcp:127.0.0.1:1337")
+    assert tcp_echo(lab, P) == b"1337:" + MSG
+
+    # B4: three listen ports mapped by position onto three servers; half-close both ways
+    d.remove("proxyTester", "proxyDev")
+    assert refused(lab, P)
+    server.kill()
+    server.wait()
+    echo_server(lab, inst, "tcp", "127.0.0.1", 4321, 4322, 4323, tag=True)
+    d.add("proxyTester", "proxyDev", f"listen=tcp:127.0.0.1:{P},{P2},{P3}",
+          "connect=tcp:127.0.0.1:4321-4323", "bind=host")
+    for port, target in ((P, 4321), (P2, 4322), (P3, 4323)):
+        assert tcp_echo(lab, port) == f"{target}:".encode() + MSG
+    # `nc -N`: the server answers only after it saw our EOF, then closes
+    echo_server(lab, inst, "tcp", "127.0.0.1", 4324, reply_after_eof=True)
+    d.lxc("config", "device", "set", "proxyTester", "proxyDev", "connect=tcp:127.0.0.1:4324")
+    assert eventually(lambda: not refused(lab, P3))
+    assert tcp_echo(lab, P3) == MSG
+    d.remove("proxyTester", "proxyDev")
+    assert all(refused(lab, port) for port in (P, P2, P3))
