@@ -26,7 +26,7 @@ from lxdproxy.forward.plan import (
     join_host_port,
     listen_error,
 )
-from lxdproxy.netns import NamespaceHelper, Namespaces, netns_executor
+from lxdproxy.netns import NamespaceHelper, Namespaces, NetnsExecutor, netns_executor
 
 LISTEN_BACKLOG = 4096
 
@@ -74,6 +74,15 @@ def _abstract_listener(spec: ListenSpec) -> socket.socket:
     return sock
 
 
+def _executor(ns: Namespaces, role: str) -> NetnsExecutor:
+    try:
+        return netns_executor(ns.net)
+    except OSError as exc:
+        # forkproxy: "Error: %m - Failed setns to <side> network namespace"
+        raise PlanError(f"{exc.strerror or exc} - Failed setns to {role} network namespace"
+                        ) from None
+
+
 class Endpoints:
     """The namespaces and helpers of one running device."""
 
@@ -86,7 +95,7 @@ class Endpoints:
         self.connect_timeout = connect_timeout
         self._connector: NamespaceHelper | None = None  # joined the connect side (maybe dropped)
         self._host_socket: _HostSocketFile | None = None
-        self._connect_ex = netns_executor(connect_ns.net)
+        self._connect_ex: NetnsExecutor | None = None
 
     # -- listening ------------------------------------------------------------------------------
     async def open_listeners(self) -> list[socket.socket]:
@@ -106,14 +115,14 @@ class Endpoints:
         if spec.family != socket.AF_UNIX:
             if spec.port is None or not 0 <= spec.port <= 0xFFFF:
                 raise PlanError(listen_error(spec, ValueError("invalid port")))
-            runner = netns_executor(self.listen_ns.net).run
+            runner = _executor(self.listen_ns, "listener").run
             try:
                 return await runner(_inet_listener, spec)
             except OSError as exc:
                 raise PlanError(listen_error(spec, exc)) from None
         if spec.abstract:
             try:
-                return await netns_executor(self.listen_ns.net).run(_abstract_listener, spec)
+                return await _executor(self.listen_ns, "listener").run(_abstract_listener, spec)
             except OSError as exc:
                 raise PlanError(listen_error(spec, exc)) from None
         helper = await self._spawn(self.listen_ns)
@@ -166,6 +175,7 @@ class Endpoints:
     async def prepare_connector(self) -> None:
         """Spawn the connect-side helper when the target needs one (checked at start, as
         forkproxy joins the connect namespaces before it reports ``Status: Started``)."""
+        self._connect_ex = _executor(self.connect_ns, "connector")
         target = self.plan.target
         dropped = bool(self.device.security_uid or self.device.security_gid)
         foreign_path = (target.family == socket.AF_UNIX and not target.abstract
@@ -210,6 +220,7 @@ class Endpoints:
                 elif target.family == socket.AF_UNIX and not target.abstract:
                     sock = socket.socket(socket.AF_UNIX, sock_type)  # a path: netns-independent
                 else:
+                    assert self._connect_ex is not None
                     sock = await self._connect_ex.run(socket.socket, target.family, sock_type)
                 try:
                     sock.setblocking(False)

@@ -195,3 +195,15 @@ async def test_stop_closes_live_connections_and_releases_every_fd(
         s.close()
     assert fd_count() == baseline
     assert fwd.stats().devices == 0
+
+
+async def test_namespace_gone_is_a_start_error(lab: Lab, fwd: Forwarder) -> None:
+    inst = lab.add_instance()
+    stale = inst.namespaces  # /proc/<pid>/ns/... of an init that is about to die
+    inst._kill()
+    with pytest.raises(DeviceStartError) as err:
+        await fwd.start(("c1", "p"), proxy(**B1), listen_ns=lab.host.namespaces,
+                        connect_ns=stale, instance_name="c1")
+    assert str(err.value) == ("Error occurred when starting proxy device: Error: No such file or "
+                              "directory - Failed setns to connector network namespace")
+    assert not fwd.active(("c1", "p"))
