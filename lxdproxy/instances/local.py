@@ -130,6 +130,8 @@ class LocalBackend:
         self._callbacks: list[InstanceChanged] = []
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._pidfds: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
+        self._wakeups: set[asyncio.Task[None]] = set()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -233,11 +235,13 @@ class LocalBackend:
                           created_at=_now(), pid_starttime=start)
         self._store.insert_instance(row, dict(body.get("devices") or {}))
         self._seen[name] = self._identity(row)
+        self._track_pid(row)
 
     async def delete(self, name: str) -> None:
         self._row(name)
         self._store.delete_instance(name)
         self._seen.pop(name, None)
+        self._untrack_pid(name)
 
     def check_update(self, name: str, record: Mapping[str, Any]) -> None:
         """Raise ConfigError if ``update_record`` would refuse ``record`` (called before any
@@ -254,6 +258,7 @@ class LocalBackend:
                           description=record.get("description", row.description),
                           created_at=row.created_at, pid_starttime=start)
         self._store.update_instance(new, record.get("devices"))
+        self._track_pid(new)
         if self._identity(new) != self._seen.get(name):
             self._seen[name] = self._identity(new)
             await self._notify(name)
@@ -283,11 +288,44 @@ class LocalBackend:
             except Exception:
                 log.exception("instance watch callback failed for %s", name)
 
+    # A pidfd turns "the init process exited" into an immediate wakeup; the 1 s poll stays as
+    # the fallback (kernels without pidfd_open, netns-anchored instances, replaced netns).
+    def _track_pid(self, row: InstanceRow) -> None:
+        pid_text = row.config.get(PID_KEY)
+        pid = int(pid_text) if pid_text and pid_text.isdigit() else None
+        current = self._pidfds.get(row.name)
+        if current is not None and current[0] == pid:
+            return
+        self._untrack_pid(row.name)
+        if pid is None or self._status(row) != "Running":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            fd = os.pidfd_open(pid)
+        except (RuntimeError, OSError, AttributeError):
+            return
+        loop.add_reader(fd, self._pid_exited, row.name)
+        self._pidfds[row.name] = (pid, fd)
+
+    def _untrack_pid(self, name: str) -> None:
+        entry = self._pidfds.pop(name, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(entry[1])
+            os.close(entry[1])
+
+    def _pid_exited(self, name: str) -> None:
+        self._untrack_pid(name)
+        task = asyncio.get_running_loop().create_task(self.poll_once())
+        self._wakeups.add(task)
+        task.add_done_callback(self._wakeups.discard)
+
     async def poll_once(self) -> None:
         for name in self._store.instance_names():
             row = self._store.get_instance(name)
             if row is None:
                 continue
+            self._track_pid(row)
             ident = self._identity(row)
             if name not in self._seen:
                 self._seen[name] = ident
@@ -306,6 +344,10 @@ class LocalBackend:
             await asyncio.sleep(self._poll_interval)
 
     async def close(self) -> None:
+        for name in list(self._pidfds):
+            self._untrack_pid(name)
+        for task in list(self._wakeups):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,9 +33,9 @@ def fixture(name: str) -> dict[str, Any]:
 async def make_api(tmp_path: Path, aiohttp_client: Any):
     made: list[tuple[InstanceService, DeviceRuntime, LocalBackend, Store]] = []
 
-    async def make(host_ns: Any = None) -> Any:
+    async def make(host_ns: Any = None, poll_interval: float = 0.05) -> Any:
         store = Store(tmp_path / f"db{len(made)}")
-        backend = LocalBackend(store, poll_interval=0.05)
+        backend = LocalBackend(store, poll_interval=poll_interval)
         runtime = DeviceRuntime(host_ns=host_ns, nft_table="lxdproxytest")
         service = InstanceService(backend, store, runtime)
         made.append((service, runtime, backend, store))
@@ -343,3 +343,24 @@ async def test_instance_registered_by_netns_name(lab: Any, make_api: Any) -> Non
     assert state["status"] == "Running" and state["pid"] == 0
     assert peer.ipv4 in [a["address"] for nic in state["network"].values()
                          for a in nic["addresses"]]
+
+
+@pytest.mark.lab
+async def test_instance_exit_stops_devices_at_once(lab: Any, make_api: Any) -> None:
+    """The init process exiting is seen through its pidfd, not the (here: hour-long) poll."""
+    api = await make_api(host_ns=lab.host.namespaces, poll_interval=3600)
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "127.0.0.1", 9000)
+    assert (await register(api, "c1", inst.pid, {"web": PROXY})).status == 202
+    assert await asyncio.to_thread(roundtrip, lab, 7000) == b"ping"
+    inst.restart()  # the old init exits
+    for _ in range(100):
+        try:
+            await asyncio.to_thread(roundtrip, lab, 7000)
+        except ConnectionRefusedError:
+            break
+        except OSError:
+            pass
+        await asyncio.sleep(0.05)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.to_thread(roundtrip, lab, 7000)
