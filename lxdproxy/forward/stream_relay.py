@@ -67,10 +67,10 @@ class _Direction:
         self.start = 0  # COPY/RIGHTS: buffered bytes are buf[start:start + state.buffered]
         self.fds: list[int] = []  # RIGHTS: received fds waiting to go out with the next send
         self.moved = 0
-        if mode is RelayMode.SPLICE:
-            self.pipe = _make_pipe()
-        else:
+        if mode is not RelayMode.SPLICE:
             self.buf = bytearray(COPY_BUFFER)
+        # SPLICE: the pipe is made on the first readable event, so an idle connection costs two
+        # sockets, not six fds.
 
     # -- interest ------------------------------------------------------------------------------
     def update_interest(self) -> None:
@@ -157,7 +157,14 @@ class _Direction:
     # -- the three ways of moving bytes ---------------------------------------------------------
     def _read(self) -> int:
         if self.mode is RelayMode.SPLICE:
-            assert self.pipe is not None
+            if self.pipe is None:
+                try:
+                    self.pipe = _make_pipe()
+                except OSError:  # out of fds (EMFILE/ENFILE): this direction copies instead
+                    self.mode = RelayMode.COPY
+                    self.buf = bytearray(COPY_BUFFER)
+                    self.relay.on_fallback()
+                    return self._read()
             return os.splice(self.src_fd, self.pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
         assert self.buf is not None
         self.start = 0

@@ -9,10 +9,12 @@ import array
 import asyncio
 import fcntl
 import os
+import resource
 import socket
 
 import pytest
 
+from lxdproxy.forward.relay_state import Side
 from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
 from tests.integration.test_forward_support import fd_count as _fd_count  # noqa: E402
 
@@ -110,8 +112,6 @@ async def test_splice_einval_falls_back_to_copy_without_losing_bytes() -> None:
     await loop.sock_sendall(app_client, data)
     app_client.shutdown(socket.SHUT_WR)
     assert await asyncio.wait_for(_read_to_eof(app_target), 5) == data
-    from lxdproxy.forward.relay_state import Side
-
     assert relay.mode[Side.CLIENT] is RelayMode.COPY
     assert relay.mode[Side.TARGET] is RelayMode.SPLICE
     assert relay.fallbacks == 1
@@ -144,5 +144,32 @@ async def test_rights_mode_carries_fds_and_closes_our_copies() -> None:
     assert _fd_count() == baseline
     os.close(r)
     os.close(w)
+    p.relay.close()
+    p.close_apps()
+
+
+async def test_out_of_fds_for_a_pipe_falls_back_to_copy() -> None:
+    # Pipes are made lazily, on first data; if the process is out of fds by then, that
+    # direction copies instead of failing the connection.
+    loop = asyncio.get_running_loop()
+    p = Pair(RelayMode.SPLICE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        await loop.sock_sendall(p.app_client, b"no pipe for me")
+        p.app_client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(_read_to_eof(p.app_target), 5) == b"no pipe for me"
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert p.relay.mode[Side.CLIENT] is RelayMode.COPY
     p.relay.close()
     p.close_apps()
