@@ -25,10 +25,14 @@ METRICS = [
     Metric("bulk", "bulk", "gbit_s", "Bulk TCP host→instance", "Gbit/s", True),
     Metric("cpu_per_gib", "bulk", "cpu_s_per_gib", "Proxy CPU per GiB (bulk)", "CPU s/GiB", False),
     Metric("conn_rate", "connrate", "conn_s", "Connection rate (64 B req/resp)", "conn/s", True),
+    Metric("cpu_per_conn", "connrate", "cpu_us_per_conn", "Proxy CPU per connection", "CPU µs",
+           False),
     Metric("lat_p50", "latency", "p50_us", "Request/response latency p50", "µs", False),
     Metric("lat_p99", "latency", "p99_us", "Request/response latency p99", "µs", False),
     Metric("udp_pps", "udp", "rx_pps", "UDP 64 B received", "pps", True),
     Metric("udp_loss", "udp", "loss_pct", "UDP 64 B loss", "%", False),
+    Metric("cpu_per_dgram", "udp", "cpu_us_per_datagram", "Proxy CPU per UDP datagram received",
+           "CPU µs", False),
 ]
 
 
@@ -154,8 +158,9 @@ def plot(results: dict[str, Any], summary: dict[str, dict[str, float | None]], p
     peers = results["peers"]
     colors = {"direct": "#888888", "socat": "#d9a441", "forkproxy": "#c0504d", "lxdproxy": "#4f81bd",
               "lxdproxy-nat": "#2e5d8f"}
-    keys = ["bulk", "conn_rate", "udp_pps", "lat_p50", "lat_p99", "cpu_per_gib", "device_add_ms"]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    keys = ["bulk", "conn_rate", "udp_pps", "device_add_ms", "lat_p50", "lat_p99", "udp_loss",
+            "cpu_per_gib", "cpu_per_conn", "cpu_per_dgram"]
+    fig, axes = plt.subplots(3, 4, figsize=(16, 11))
     for ax, key in zip(axes.flat, keys, strict=False):
         title, unit = _row_title(key, results)
         vals = [summary[key].get(p) for p in peers]
@@ -178,6 +183,7 @@ def plot(results: dict[str, Any], summary: dict[str, dict[str, float | None]], p
     ax.set_title("Memory vs TCP devices\n(MiB RSS, lower is better; forkproxy extrapolated)", fontsize=9)
     if ax.lines:
         ax.legend(fontsize=8)
+    axes.flat[-1].axis("off")
     fig.suptitle(f"lxdproxy benchmarks ({results['meta']['sizes']['name']} run, medians of "
                  f"{results['meta']['sizes']['rounds']} interleaved rounds)")
     fig.tight_layout()
@@ -265,7 +271,9 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         f"- **Bulk**: `iperf3 -c <peer> -n {sizes['bulk_bytes']}` host→instance; receiver throughput.",
         "- **CPU per GiB**: utime+stime (all threads, plus reaped children for socat's fork mode) of the "
         "forwarding process(es) from `/proc/<pid>/stat`, over the bulk run, ÷ GiB received. For "
-        "lxdproxy that is the whole daemon. Not attributable for direct and NAT (kernel softirq time).",
+        "lxdproxy that is the whole daemon. Not attributable for direct and NAT (kernel softirq time). "
+        "The same counters over the connection-rate window and the UDP run give CPU µs per connection "
+        "and per datagram received.",
         f"- **Connection rate**: {sizes['connrate_clients']} client processes for "
         f"{sizes['connrate_seconds']} s each do: connect, send 64 B, read the 64 B echo, close. "
         "TIME_WAIT reuse and a wide ephemeral range are set in the lab namespaces.",

@@ -165,7 +165,8 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
 def _brief(res: Any) -> str:
     if not isinstance(res, dict):
         return str(res)
-    keys = ("gbit_s", "cpu_s_per_gib", "conn_s", "p50_us", "p99_us", "rx_pps", "loss_pct", "median_ms")
+    keys = ("gbit_s", "cpu_s_per_gib", "conn_s", "cpu_us_per_conn", "p50_us", "p99_us", "rx_pps",
+            "loss_pct", "cpu_us_per_datagram", "median_ms")
     shown = {k: res[k] for k in keys if res.get(k) is not None}
     if not shown:
         shown = {n: round(v["rss_kib"] / 1024, 1) for n, v in res.items() if isinstance(v, dict)}

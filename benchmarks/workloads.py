@@ -39,6 +39,8 @@ def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
 def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     """Several client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed window."""
     start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
+    pids = peer.cpu_pids()
+    cpu0 = procstat.cpu_seconds(pids)
     procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
                              "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
              for _ in range(sizes.connrate_clients)]
@@ -56,8 +58,10 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     window = max(r["seconds"] for r in results)
     if done == 0:
         raise RuntimeError(f"no connection completed: {results[0]['last_error']}")
-    return {"conn_s": done / window, "connections": done, "errors": errors,
-            "clients": len(results)}
+    out = {"conn_s": done / window, "connections": done, "errors": errors, "clients": len(results)}
+    if not peer.in_kernel:  # proxy CPU over the window (plus client start-up; the proxy idles then)
+        out["cpu_us_per_conn"] = (procstat.cpu_seconds(pids) - cpu0) / done * 1e6
+    return out
 
 
 def latency(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
@@ -69,22 +73,27 @@ def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     """iperf3 -u -l 64 -b <far above capacity>. Loss = 1 - (datagrams the iperf3 server in the instance
     received) / (datagrams the client sent); received = the server's byte count / 64. (iperf3's own
     lost_packets counts only sequence gaps, so it misses losses after the last datagram that arrived.)"""
+    pids = peer.cpu_pids()
+    cpu0 = procstat.cpu_seconds(pids)
     doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-u", "-l", "64",
                          "-b", sizes.udp_rate, "-t", str(sizes.udp_seconds), "-J",
                          "--connect-timeout", "3000"], timeout=sizes.udp_seconds + 60)
     sent = doc["end"]["sum_sent"]["packets"]
     recv = doc["end"]["sum_received"]
     received = recv["bytes"] // 64
-    return {"rx_pps": received / recv["seconds"], "sent": sent, "received": received,
-            "loss_pct": 100.0 * (1 - received / sent) if sent else None,
-            "tx_pps": sent / doc["end"]["sum_sent"]["seconds"]}
+    out = {"rx_pps": received / recv["seconds"], "sent": sent, "received": received,
+           "loss_pct": 100.0 * (1 - received / sent) if sent else None,
+           "tx_pps": sent / doc["end"]["sum_sent"]["seconds"]}
+    if not peer.in_kernel and received:
+        out["cpu_us_per_datagram"] = (procstat.cpu_seconds(pids) - cpu0) / received * 1e6
+    return out
 
 
 def device_add(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     """From just before the add is asked for (REST PATCH for lxdproxy; spawning the process for
     forkproxy/socat) to the first byte echoed back through the new forward, seen by a client that
     retries every 0.5 ms."""
-    samples = []
+    samples, returned = [], []
     for i in range(sizes.device_add_trials):
         port = peer.base_port + 100 + i
         probe = env.host_python("benchmarks.clients", "probe", peer.listen_ip, str(port),
@@ -95,6 +104,7 @@ def device_add(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
             probe.stdin.write(b"go\n")
             probe.stdin.flush()
             t0 = peer.add_forward(i, port)
+            returned.append((time.monotonic() - t0) * 1000)  # the REST call's (or spawn's) own time
             out, _ = probe.communicate(timeout=20)
         finally:
             if probe.poll() is None:
@@ -105,7 +115,8 @@ def device_add(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
         if "error" in res:
             raise RuntimeError(f"device add through {peer.name}: {res['error']}")
         samples.append((res["t_first_byte"] - t0) * 1000)
-    return {"median_ms": statistics.median(samples), "samples_ms": samples}
+    return {"median_ms": statistics.median(samples), "samples_ms": samples,
+            "request_returned_ms": returned}
 
 
 # -- memory ----------------------------------------------------------------------------------------
