@@ -59,7 +59,7 @@ class _Session:
     """Socket state of one client of one listen socket: its own connected target socket."""
 
     __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
-                 "closed")
+                 "closed", "wakeup")
 
     def __init__(self, client: tuple, header: bytes | None) -> None:
         self.client = client
@@ -71,6 +71,7 @@ class _Session:
         self.pending_bytes = 0
         self.out: deque[bytes] = deque()  # datagrams waiting for the target socket to drain
         self.closed = False
+        self.wakeup = -1  # the last listen-socket wakeup that touched it in the table
 
 
 class UdpListenerRelay:
@@ -104,6 +105,10 @@ class UdpListenerRelay:
         # evict when the table is full.
         self._table: UdpSessionTable[_Session] = UdpSessionTable(
             self._clock, idle_timeout=idle_timeout, max_sessions=max_sessions)
+        # The hot path looks clients up here (one dict lookup) and touches the table only
+        # once per session per wakeup; the table stays the authority on expiry and eviction.
+        self._by_client: dict[tuple, _Session] = {}
+        self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
@@ -157,12 +162,14 @@ class UdpListenerRelay:
     # -- client -> target --------------------------------------------------------------
 
     def _on_listen_readable(self) -> None:
+        # The hot path: keep it free of method calls and allocations where possible.
         recvfrom_into = self._sock.recvfrom_into
         buf = self._buf
         view = self._view
-        table = self._table
-        lid = self._fd
+        by_client = self._by_client
+        touch = self._table.touch
         self._now = self._loop.time()  # type: ignore[union-attr]
+        self._wakeup = wakeup = self._wakeup + 1
         for _ in range(BATCH):
             try:
                 n, client = recvfrom_into(buf)
@@ -173,18 +180,22 @@ class UdpListenerRelay:
                 # is consumed by this read, so keep going.
                 self._log.warning("receive failed: %s", e)
                 continue
-            entry = table.get(lid, client)
-            if entry is None:
+            s = by_client.get(client)
+            if s is None:
                 self._new_session(client, bytes(view[:n]))
                 continue
-            table.touch(entry)
-            s = entry.value
+            if s.wakeup != wakeup:
+                s.wakeup = wakeup
+                touch(s.entry)  # type: ignore[arg-type]
             if s.sock is None:
                 self._queue_pending(s, bytes(view[:n]))
-            elif s.out:
-                self._queue_out(s, view[:n])
+            elif s.out or s.header is not None:
+                self._send_slow(s, view[:n])
             else:
-                self._send_to_target(s, view[:n])
+                try:
+                    s.sock.send(view[:n])
+                except OSError as e:
+                    self._send_failed(s, view[:n], e)
 
     def _new_session(self, client: tuple, first: bytes) -> None:
         if not self._running:
@@ -199,6 +210,7 @@ class UdpListenerRelay:
         s = _Session(client, header)
         lookup = self._table.add(self._fd, client, s)
         s.entry = lookup.session
+        self._by_client[client] = s
         for evicted in lookup.evicted:  # the table was full: least recently active goes
             self._close(evicted.value)
         self._queue_pending(s, first)
@@ -238,20 +250,22 @@ class UdpListenerRelay:
         for data in pending:
             if s.closed:  # refused mid-flush: the rest goes to the replacement session
                 self._deliver(s.client, data)
-            elif s.out:
-                self._queue_out(s, data)
             else:
-                self._send_to_target(s, data)
+                self._send_slow(s, data)
 
     def _deliver(self, client: tuple, data: bytes) -> None:
-        entry = self._table.get(self._fd, client)
-        if entry is None:
+        s = self._by_client.get(client)
+        if s is None:
             self._new_session(client, data)
-            return
-        s = entry.value
-        if s.sock is None:
+        elif s.sock is None:
             self._queue_pending(s, data)
-        elif s.out:
+        else:
+            self._send_slow(s, data)
+
+    def _send_slow(self, s: _Session, data: memoryview | bytes) -> None:
+        """Send (or retry) one datagram to the target: with a header, behind a backlog, or
+        after the fast path's send failed."""
+        if s.out:
             self._queue_out(s, data)
         else:
             self._send_to_target(s, data)
@@ -262,17 +276,22 @@ class UdpListenerRelay:
                 s.sock.send(data)  # type: ignore[union-attr]
             else:
                 s.sock.sendmsg((s.header, data))  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
+        except OSError as e:
+            self._send_failed(s, data, e)
+
+    def _send_failed(self, s: _Session, data: memoryview | bytes, err: OSError) -> None:
+        if isinstance(err, (BlockingIOError, InterruptedError)):
             self._queue_out(s, data)
             self._loop.add_writer(s.fd, self._on_target_writable, s)  # type: ignore[union-attr]
-        except ConnectionRefusedError:
+        elif isinstance(err, ConnectionRefusedError):
             # The target answered an earlier datagram with ICMP unreachable. Start over with
             # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
             client = s.client
             self._drop(s)
             self._deliver(client, bytes(data))
-        except OSError as e:
-            self._log.warning("send to target for %r failed, datagram dropped: %s", s.client, e)
+        else:
+            self._log.warning("send to target for %r failed, datagram dropped: %s",
+                              s.client, err)
 
     def _queue_out(self, s: _Session, data: memoryview | bytes) -> None:
         if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
@@ -360,6 +379,8 @@ class UdpListenerRelay:
             return
         s.closed = True
         s.pending = None
+        if self._by_client.get(s.client) is s:
+            del self._by_client[s.client]
         if s.sock is not None:
             self._loop.remove_reader(s.fd)  # type: ignore[union-attr]
             if s.out:
