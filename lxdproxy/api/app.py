@@ -19,8 +19,9 @@ from lxdproxy.api.envelopes import (
     lxd_error_response,
     sync_response,
 )
+from lxdproxy.api.events import EventHub
 from lxdproxy.api.instance_filter import matches, parse_filter
-from lxdproxy.api.operations import OperationRegistry, instance_resources
+from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
 from lxdproxy.api.service import InstanceService
@@ -32,6 +33,7 @@ SERVICE = web.AppKey("service", InstanceService)
 OPS = web.AppKey("ops", OperationRegistry)
 INFO = web.AppKey("info", dict)  # keyword arguments for server_info()
 TRUST = web.AppKey("trust", object)  # lxdproxy.tls.TrustStore or None
+EVENTS = web.AppKey("events", EventHub)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,6 +95,14 @@ def _recursion(request: web.Request) -> int:
         return 0
 
 
+def _finished(request: web.Request, description: str, name: str, *, err: str = "",
+              metadata: dict[str, Any] | None = None) -> Operation:
+    op = request.app[OPS].finished(description, instance_resources(name), err=err,
+                                   metadata=metadata)
+    request.app[EVENTS].publish("operation", op.to_json())
+    return op
+
+
 # -- server -----------------------------------------------------------------------------------
 
 async def get_root(request: web.Request) -> web.Response:
@@ -146,10 +156,10 @@ async def create_instance(request: web.Request) -> web.Response:
         err = ""
     except DeviceStartError as exc:
         name, err = str(body.get("name")), exc.message
-    op = request.app[OPS].finished(
-        "Creating instance", instance_resources(name), err=err,
-        metadata={"entity_url": f"/1.0/instances/{name}"},
-    )
+    op = _finished(request, "Creating instance", name, err=err,
+                   metadata={"entity_url": f"/1.0/instances/{name}"})
+    if not err:
+        request.app[EVENTS].lifecycle("instance-created", name)
     return async_response(op.url, op.to_json())
 
 
@@ -175,7 +185,9 @@ async def put_instance(request: web.Request) -> web.Response:
     except DeviceStartError as exc:
         # LXD reports start failures of a PUT through the operation (202 + Failure).
         err = exc.message
-    op = request.app[OPS].finished("Updating instance", instance_resources(name), err=err)
+    op = _finished(request, "Updating instance", name, err=err)
+    if not err:
+        request.app[EVENTS].lifecycle("instance-updated", name)
     return async_response(op.url, op.to_json())
 
 
@@ -184,6 +196,7 @@ async def patch_instance(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = decode_object(await request.read())
     await service.patch(name, body, request.headers.get("If-Match"))
+    request.app[EVENTS].lifecycle("instance-updated", name)
     return sync_response({})
 
 
@@ -191,7 +204,8 @@ async def delete_instance(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     name = request.match_info["name"]
     await service.delete(name)
-    op = request.app[OPS].finished("Deleting instance", instance_resources(name))
+    op = _finished(request, "Deleting instance", name)
+    request.app[EVENTS].lifecycle("instance-deleted", name)
     return async_response(op.url, op.to_json())
 
 
@@ -282,6 +296,12 @@ def create_app(service: InstanceService, ops: OperationRegistry | None = None, *
     app[OPS] = ops or OperationRegistry()
     app[INFO] = {"backend_kind": service.backend.kind, **(info or {})}
     app[TRUST] = trust
+    app[EVENTS] = EventHub()
+
+    async def close_events(app: web.Application) -> None:
+        await app[EVENTS].close()
+
+    app.on_shutdown.append(close_events)
     r = app.router
     r.add_get("/", get_root)
     r.add_get("/1.0", get_server)
@@ -295,6 +315,7 @@ def create_app(service: InstanceService, ops: OperationRegistry | None = None, *
     r.add_post("/1.0/instances/{name}", post_instance)
     r.add_get("/1.0/instances/{name}/state", get_instance_state)
     r.add_put("/1.0/instances/{name}/state", put_instance_state)
+    r.add_get("/1.0/events", app[EVENTS].serve)
     r.add_get("/1.0/operations", list_operations)
     r.add_get("/1.0/operations/{id}", get_operation)
     r.add_delete("/1.0/operations/{id}", delete_operation)

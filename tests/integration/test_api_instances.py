@@ -96,8 +96,6 @@ async def test_not_found_envelopes_match_lxd(api: Any) -> None:
         cap = fixture(name)
         assert (status, body) == (cap["http_status"], cap["body"])
         assert headers["X-Content-Type-Options"] == "nosniff"
-    status, body, _ = await get(api, "/1.0/events")
-    assert (status, body["error"]) == (404, "not found")
     status, body, _ = await get(api, "/1.0/instances?project=other")
     assert (status, body["error"]) == (404, "Project not found")
 
@@ -364,3 +362,19 @@ async def test_instance_exit_stops_devices_at_once(lab: Any, make_api: Any) -> N
         await asyncio.sleep(0.05)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.to_thread(roundtrip, lab, 7000)
+
+
+async def test_events_websocket_sends_operation_and_lifecycle(api: Any, stopped: str) -> None:
+    async with api.ws_connect("/1.0/events?type=operation,lifecycle") as ws:
+        resp = await api.put(f"/1.0/instances/{stopped}", json={
+            "config": {"user.lxdproxy.pid": "1"}, "devices": {"web": PROXY}})
+        op = (await resp.json())["metadata"]
+        first = await ws.receive_json(timeout=5)
+        second = await ws.receive_json(timeout=5)
+    assert (first["type"], first["metadata"]["id"]) == ("operation", op["id"])
+    assert first["metadata"]["status"] == "Success" and first["project"] == "default"
+    assert second["type"] == "lifecycle"
+    assert second["metadata"]["action"] == "instance-updated"
+    assert second["metadata"]["source"] == f"/1.0/instances/{stopped}"
+    resp = await api.get("/1.0/events?type=bogus")
+    assert resp.status == 400
