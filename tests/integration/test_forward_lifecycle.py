@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import resource
 import socket
 from collections.abc import AsyncIterator
 
@@ -207,3 +209,40 @@ async def test_namespace_gone_is_a_start_error(lab: Lab, fwd: Forwarder) -> None
     assert str(err.value) == ("Error occurred when starting proxy device: Error: No such file or "
                               "directory - Failed setns to connector network namespace")
     assert not fwd.active(("c1", "p"))
+
+
+async def test_out_of_fds_on_accept_is_survived_and_the_client_served_later(
+    lab: Lab, fwd: Forwarder, caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "127.0.0.1", 4321)
+    await started(fwd, "p", proxy(**B1), host=lab.host, inst=inst)
+    assert await roundtrip(lab.host, ("127.0.0.1", 1234)) == b"hello"
+    client = lab.host.socket()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="lxdproxy.forward"):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+            while True:
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            client.connect(("127.0.0.1", 1234))  # queued by the kernel; accept() gets EMFILE
+            for _ in range(100):
+                if "Failed accepting new connection" in caplog.text:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "Failed accepting new connection: Too many open files" in caplog.text
+    # fds are back: the paused listener resumes and the queued client is served.
+    client.sendall(b"later")
+    client.shutdown(socket.SHUT_WR)
+    client.settimeout(10)
+    assert await asyncio.to_thread(client.recv, 100) == b"later"
+    client.close()
