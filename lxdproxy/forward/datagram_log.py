@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 
 class RateLimitedLog:
@@ -11,17 +12,18 @@ class RateLimitedLog:
     were suppressed. ``context`` (which relay) prefixes every message."""
 
     def __init__(self, logger: logging.Logger, context: str, *, interval: float = 10.0,
-                 burst: int = 5) -> None:
+                 burst: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._logger = logger
         self._context = context
         self._interval = interval
         self._burst = burst
-        self._window_start = 0.0
+        self._window_start = -interval
         self._count = 0
         self._suppressed = 0
 
     def _allow(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._window_start >= self._interval:
             if self._suppressed:
                 self._logger.warning("%s: %d similar messages suppressed", self._context,
