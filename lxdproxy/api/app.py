@@ -221,15 +221,28 @@ async def get_instance_state(request: web.Request) -> web.Response:
     return sync_response(await service.backend.get_state(name))
 
 
+STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
+                      "restart": "Restarting instance"}
+
+
 async def put_instance_state(request: web.Request) -> web.Response:
+    """Local instances: stop/start/restart switch lxdproxy's handling (devices off/on); the
+    process itself is never signalled. That is what ``lxc delete -f`` needs too."""
     service = request.app[SERVICE]
-    await service.record(request.match_info["name"])
-    decode_object(await request.read(), "api.InstanceStatePut")
-    if service.backend.kind == "local":
-        raise NotSupportedError(
-            "Changing the state of a local instance is not supported: lxdproxy does not own "
-            "its process (start or stop it yourself; devices follow within a second)")
-    raise NotSupportedError("Changing instance state is not supported by lxdproxy")
+    name = request.match_info["name"]
+    body = decode_object(await request.read(), "api.InstanceStatePut")
+    action = body.get("action") if isinstance(body.get("action"), str) else ""
+    try:
+        await service.change_state(name, action)
+        err = ""
+    except DeviceStartError as exc:
+        err = exc.message
+    op = _finished(request, STATE_DESCRIPTIONS[action], name, err=err)
+    if not err:
+        event = {"start": "instance-started", "stop": "instance-stopped",
+                 "restart": "instance-restarted"}[action]
+        request.app[EVENTS].lifecycle(event, name)
+    return async_response(op.url, op.to_json())
 
 
 # -- operations -------------------------------------------------------------------------------

@@ -26,7 +26,13 @@ from lxdproxy.api.device_writes import (
 from lxdproxy.api.envelopes import check_if_match, etag_of
 from lxdproxy.config.model import InstanceType, ProxyDevice
 from lxdproxy.devices import DeviceRuntime, RunningDevice
-from lxdproxy.errors import ConfigError, DeviceStartError, LxdError, NotFoundError
+from lxdproxy.errors import (
+    ConfigError,
+    DeviceStartError,
+    LxdError,
+    NotFoundError,
+    NotSupportedError,
+)
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import nics_from_devices
 from lxdproxy.instances.model import Instance
@@ -196,6 +202,49 @@ class InstanceService:
             await self.runtime.stop_instance(name)
             if not self.owns_all_devices:
                 self.store.set_devices(name, {})
+
+    async def change_state(self, name: str, action: str) -> None:
+        """``PUT /state`` for backends that support it (local: devices off/on, the process is
+        never signalled). Start failures roll back: the instance stays stopped."""
+        setter = getattr(self.backend, "set_stopped", None)
+        async with self._lock:
+            rec = await self.record(name)
+            if action in ("freeze", "unfreeze"):
+                raise NotSupportedError("Freezing instances is not supported by lxdproxy")
+            if action not in ("start", "stop", "restart"):
+                raise LxdError(f"Unknown action {action}", 400)
+            if setter is None:
+                raise NotSupportedError("Changing instance state is not supported by lxdproxy "
+                                        "with this backend")
+            running = rec["status"] == "Running"
+            if action == "stop" and not running:
+                raise LxdError("The instance is already stopped", 400)
+            if action == "start" and running:
+                raise LxdError("The instance is already running", 400)
+            if action in ("stop", "restart"):
+                await self.runtime.stop_instance(name)
+                await setter(name, True)
+            if action == "stop":
+                return
+            await setter(name, False)
+            inst = await self.backend.get_instance(name)
+            stored = self._stored_proxies(self.store.get_devices(name), inst.type)
+            started: list[str] = []
+            try:
+                for dev, parsed in sorted(stored.items()):
+                    if parsed is None:
+                        raise DeviceStartError(f'Failed to start device "{dev}": stored '
+                                               "config no longer validates")
+                    try:
+                        await self.runtime.start(inst, dev, parsed)
+                    except Exception as exc:
+                        raise _start_error(dev, exc) from None
+                    started.append(dev)
+            except BaseException:
+                for dev in reversed(started):
+                    await self.runtime.stop(name, dev)
+                await setter(name, True)
+                raise
 
     # -- runtime following ----------------------------------------------------------------------
 

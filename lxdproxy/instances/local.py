@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -142,15 +143,18 @@ class LocalBackend:
         return row
 
     @staticmethod
-    def _status(row: InstanceRow) -> str:
+    def _anchor_alive(row: InstanceRow) -> bool:
         pid_text, netns = row.config.get(PID_KEY), row.config.get(NETNS_KEY)
         if pid_text and pid_text.isdigit():
             start = pid_starttime(int(pid_text))
-            alive = start is not None and (row.pid_starttime in (None, start))
-            return "Running" if alive else "Stopped"
+            return start is not None and (row.pid_starttime in (None, start))
         if netns:
-            return "Running" if os.path.exists(netns_path(netns)) else "Stopped"
-        return "Stopped"
+            return os.path.exists(netns_path(netns))
+        return False
+
+    @classmethod
+    def _status(cls, row: InstanceRow) -> str:
+        return "Running" if not row.stopped and cls._anchor_alive(row) else "Stopped"
 
     async def list_names(self) -> list[str]:
         return self._store.instance_names()
@@ -256,8 +260,24 @@ class LocalBackend:
         _pid, _netns, start = parse_anchor(config, row)
         new = InstanceRow(name=row.name, type=row.type, config=config,
                           description=record.get("description", row.description),
-                          created_at=row.created_at, pid_starttime=start)
+                          created_at=row.created_at, pid_starttime=start, stopped=row.stopped)
         self._store.update_instance(new, record.get("devices"))
+        self._track_pid(new)
+        if self._identity(new) != self._seen.get(name):
+            self._seen[name] = self._identity(new)
+            await self._notify(name)
+
+    async def set_stopped(self, name: str, stopped: bool) -> None:
+        """lxdproxy-level power state (``lxc stop``/``start``): a stopped local instance keeps
+        its process (we never signal it) but has no devices realised. Raises if a start is
+        asked for an instance whose process or netns is gone."""
+        row = self._row(name)
+        if not stopped and not self._anchor_alive(row):
+            anchor = row.config.get(PID_KEY) or row.config.get(NETNS_KEY)
+            raise LxdError(f'The instance\'s process or network namespace ("{anchor}") is gone: '
+                           f'set "{PID_KEY}" or "{NETNS_KEY}" to its new one', 400)
+        new = dataclasses.replace(row, stopped=stopped)
+        self._store.update_instance(new)
         self._track_pid(new)
         if self._identity(new) != self._seen.get(name):
             self._seen[name] = self._identity(new)
@@ -279,7 +299,7 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 st = os.stat(netns_path(netns))
                 ino = (st.st_dev, st.st_ino)
-        return (status, row.config.get(PID_KEY), row.pid_starttime, netns, ino)
+        return (status, row.config.get(PID_KEY), row.pid_starttime, netns, ino, row.stopped)
 
     async def _notify(self, name: str) -> None:
         for cb in list(self._callbacks):

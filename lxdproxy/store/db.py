@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema from version (index) to version (index + 1).
 _MIGRATIONS: tuple[str, ...] = (
@@ -36,6 +36,8 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (instance, name)
     );
     """,
+    # v2: lxdproxy-level power state of a local instance (lxc stop/start: devices off/on).
+    "ALTER TABLE instances ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0",
 )
 
 Devices = dict[str, dict[str, str]]
@@ -55,6 +57,7 @@ class InstanceRow:
     description: str = ""
     created_at: str = ""
     pid_starttime: int | None = None  # /proc/<pid>/stat starttime: tells a reused PID apart
+    stopped: bool = False  # stopped through the API: devices are not realised
 
 
 class Store:
@@ -115,23 +118,24 @@ class Store:
 
     def get_instance(self, name: str) -> InstanceRow | None:
         row = self._db.execute(
-            "SELECT name, type, config, description, created_at, pid_starttime FROM instances "
-            "WHERE name = ?",
+            "SELECT name, type, config, description, created_at, pid_starttime, stopped "
+            "FROM instances WHERE name = ?",
             (name,),
         ).fetchone()
         if row is None:
             return None
-        return InstanceRow(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
+        return InstanceRow(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5],
+                           bool(row[6]))
 
     def insert_instance(self, row: InstanceRow, devices: Devices) -> None:
         with self._write() as db:
             if db.execute("SELECT 1 FROM instances WHERE name = ?", (row.name,)).fetchone():
                 raise StoreError(f"Instance {row.name!r} already stored")
             db.execute(
-                "INSERT INTO instances (name, type, config, description, created_at, pid_starttime)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO instances (name, type, config, description, created_at, pid_starttime,"
+                " stopped) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (row.name, row.type, _dump(row.config), row.description, row.created_at,
-                 row.pid_starttime),
+                 row.pid_starttime, int(row.stopped)),
             )
             _replace_devices(db, row.name, devices)
 
@@ -139,9 +143,10 @@ class Store:
         """Replace an instance's row, and its devices when given, in one transaction."""
         with self._write() as db:
             cur = db.execute(
-                "UPDATE instances SET type = ?, config = ?, description = ?, pid_starttime = ? "
-                "WHERE name = ?",
-                (row.type, _dump(row.config), row.description, row.pid_starttime, row.name),
+                "UPDATE instances SET type = ?, config = ?, description = ?, pid_starttime = ?, "
+                "stopped = ? WHERE name = ?",
+                (row.type, _dump(row.config), row.description, row.pid_starttime,
+                 int(row.stopped), row.name),
             )
             if cur.rowcount != 1:
                 raise StoreError(f"Instance {row.name!r} is not stored")

@@ -156,10 +156,6 @@ def _delete_instance(d: Daemon, inst: Any) -> None:
     assert d.lxc("list", "--format", "csv").stdout == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lxdproxy/api (instance state PUT): 'lxc delete -f' on a running local instance first sends "
-    "PUT /state {action: stop, force: true}, refused with 'Changing the state of a local instance "
-    "is not supported', so LXD's checklist step B14 cannot be run with lxc"))
 def test_b14_lxc_delete_force(lab: Any, checklist_daemon: Daemon) -> None:
     d = checklist_daemon
     inst = lab.add_instance("nattest")

@@ -111,4 +111,11 @@ def test_lxc_info_and_operations(lab: Any, daemon: RunningDaemon, lxc: Any) -> N
     assert lxc("list", "status=stopped", "--format", "csv").stdout == ""
     assert lxc("list", "user.lxdproxy.pid=" + str(inst.pid), "--format", "csv").stdout == listed
     start = lxc("start", "c1", ok=False)
-    assert start.returncode == 1 and "not supported" in start.stderr
+    assert start.returncode == 1 and "The instance is already running" in start.stderr
+    lxc("stop", "c1")
+    assert lxc("list", "--format", "csv").stdout.startswith("c1,STOPPED,")
+    lxc("start", "c1")
+    assert lxc("list", "--format", "csv").stdout.startswith("c1,RUNNING,")
+    lxc("delete", "-f", "c1")  # a forced stop, then DELETE
+    assert lxc("list", "--format", "csv").stdout == ""
+    assert inst.run(["true"]).returncode == 0  # the registered process lives on

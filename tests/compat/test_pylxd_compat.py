@@ -75,9 +75,16 @@ def test_pylxd_register_edit_save_patch_state_delete(lab: Any, daemon: RunningDa
                               'value for device option "connect": Not an IP address "localhost"')
     assert client.api.instances["c1"].get().json() == before
 
-    # lifecycle we do not own: a clear error, not a hang
+    # stop/start switch the devices off and on (the process is never signalled)
+    c1.stop(wait=True)
+    assert client.instances.get("c1").status == "Stopped"
+    with pytest.raises(ConnectionRefusedError):
+        roundtrip(lab.host, HOST, 7100)
+    c1.start(wait=True)
+    assert client.instances.get("c1").status == "Running"
+    assert roundtrip(lab.host, HOST, 7100) == b"ping"
     with pytest.raises(LXDAPIException, match="not supported"):
-        c1.stop(wait=True)
+        c1.freeze(wait=True)
 
     # operations stay readable after the fact
     ops = client.api.operations.get().json()["metadata"]

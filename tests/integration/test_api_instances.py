@@ -222,8 +222,11 @@ async def test_recursion_and_filters(api: Any, stopped: str) -> None:
 
 async def test_lifecycle_calls_outside_our_reach_are_clear_errors(api: Any, stopped: str) -> None:
     resp = await api.put(f"/1.0/instances/{stopped}/state", json={"action": "stop"})
-    assert resp.status == 501
-    assert "not supported" in (await resp.json())["error"]
+    assert (resp.status, (await resp.json())["error"]) == (400, "The instance is already stopped")
+    resp = await api.put(f"/1.0/instances/{stopped}/state", json={"action": "freeze"})
+    assert resp.status == 501 and "not supported" in (await resp.json())["error"]
+    resp = await api.put(f"/1.0/instances/{stopped}/state", json={"action": "start"})
+    assert resp.status == 400 and "is gone" in (await resp.json())["error"]
     resp = await api.post(f"/1.0/instances/{stopped}", json={"name": "x"})
     assert resp.status == 501
     resp = await api.put("/1.0/profiles/default", json={})
@@ -378,3 +381,41 @@ async def test_events_websocket_sends_operation_and_lifecycle(api: Any, stopped:
     assert second["metadata"]["source"] == f"/1.0/instances/{stopped}"
     resp = await api.get("/1.0/events?type=bogus")
     assert resp.status == 400
+
+
+@pytest.mark.lab
+async def test_state_stop_start_switch_devices_not_the_process(lab: Any, make_api: Any) -> None:
+    api = await make_api(host_ns=lab.host.namespaces)
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "127.0.0.1", 9000)
+    assert (await register(api, "c1", inst.pid, {"web": PROXY})).status == 202
+
+    async def state(action: str) -> dict[str, Any]:
+        resp = await api.put("/1.0/instances/c1/state", json={"action": action, "force": True})
+        assert resp.status == 202, await resp.text()
+        return (await resp.json())["metadata"]
+
+    assert (await state("stop"))["status"] == "Success"
+    rec = (await get(api, "/1.0/instances/c1/state"))[1]["metadata"]
+    assert (rec["status"], rec["pid"]) == ("Stopped", 0)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.to_thread(roundtrip, lab, 7000)
+    assert inst.run(["true"]).returncode == 0  # the process was not touched
+    assert (await state("start"))["status"] == "Success"
+    assert await asyncio.to_thread(roundtrip, lab, 7000) == b"ping"
+    resp = await api.put("/1.0/instances/c1/state", json={"action": "start"})
+    assert (resp.status, (await resp.json())["error"]) == (400, "The instance is already running")
+    assert (await state("restart"))["status"] == "Success"
+    assert await asyncio.to_thread(roundtrip, lab, 7000) == b"ping"
+
+    # a device that cannot start fails the start, and the instance stays stopped
+    await state("stop")
+    blocker = lab.host.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("198.18.0.1", 7000))
+    blocker.listen()
+    op = await state("start")
+    assert op["status"] == "Failure" and op["err"].startswith('Failed to start device "web": ')
+    assert (await get(api, "/1.0/instances/c1"))[1]["metadata"]["status"] == "Stopped"
+    blocker.close()
+    assert (await state("start"))["status"] == "Success"
+    assert await asyncio.to_thread(roundtrip, lab, 7000) == b"ping"

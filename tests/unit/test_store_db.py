@@ -83,3 +83,21 @@ def test_shim_devices_for_foreign_instances(tmp_path: Path) -> None:
     assert store.instance_names() == []
     store.set_devices("lxd-c1", {})
     assert store.device_instances() == []
+
+
+def test_v1_database_is_migrated(tmp_path: Path) -> None:
+    from lxdproxy.store.db import _MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / "db")
+    db.executescript(_MIGRATIONS[0])
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO instances (name, type, config, created_at) VALUES "
+               "('c1', 'container', '{}', 'x')")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "db")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.get_instance("c1").stopped is False
+    store.update_instance(InstanceRow(name="c1", type="container", stopped=True))
+    assert store.get_instance("c1").stopped is True
