@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import workloads
 from benchmarks.daemon import LxdproxyDaemon
 from benchmarks.env import REPO, BenchEnv
 from benchmarks.peers import INSTANCE_NAME, Forkproxy, Lxdproxy, Socat
@@ -69,12 +70,14 @@ def _units(workload: str, res: dict) -> tuple[float, str]:
         return res["received"], "datagram received"
     if workload == "latency":
         return res["requests"], "request"
+    if workload == "device_add":
+        return len(res["samples_ms"]), "device add"
     return res["bytes"] / (1 << 20), "MiB"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.profile", description=__doc__.splitlines()[0])
-    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("workload", choices=sorted([*WORKLOADS, "device_add"]))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/profile")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
             end = time.monotonic() + args.seconds
             while time.monotonic() < end and len(runs) < 1000:
-                res = WORKLOADS[args.workload](env, peer, QUICK)
+                fn = WORKLOADS.get(args.workload, workloads.device_add)
+                res = fn(env, peer, QUICK)
                 runs.append(res)
                 print({k: round(v, 2) for k, v in res.items() if isinstance(v, int | float)})
             if args.strace:
