@@ -122,4 +122,6 @@ def test_instance_restart_is_followed(lab: Any, tmp_path: Path) -> None:
         assert eventually_roundtrip(lab.host, HOST, 7310) == b"ping"
         assert client.instances.get("c1").state().pid == inst.pid
     finally:
-        assert daemon.stop() == 0
+        assert daemon.stop(signal.SIGINT) == 0  # Ctrl-C is a clean stop too
+    with pytest.raises(ConnectionRefusedError):
+        roundtrip(lab.host, HOST, 7310)
