@@ -111,7 +111,7 @@ class Daemon:
         status, out = self.api("POST", "/1.0/instances", {
             "name": name, "source": {"type": "none"},
             "config": {"user.lxdproxy.pid": str(inst.pid)}, "devices": devices})
-        assert out["metadata"]["status"] == "Success", out
+        assert (out.get("metadata") or {}).get("status") == "Success", (status, out)
 
     def state(self, name: str) -> dict[str, Any]:
         return self.api("GET", f"/1.0/instances/{name}/state")[1]["metadata"]
@@ -122,6 +122,7 @@ class Daemon:
         an instance on ``user.lxdproxy.pid`` (lxdproxy/instances/local.py), it cannot guess the
         successor of a process it does not own. Devices are re-created asynchronously."""
         old = inst.pid
+        stop_servers(inst)  # a restart ends every process of the container, servers included
         inst.restart()
         assert inst.pid != old
         self.lxc("config", "set", name, "user.lxdproxy.pid", str(inst.pid))
@@ -297,6 +298,36 @@ def eventually(pred: Any, timeout: float = 10.0) -> bool:
     return True
 
 
+_SERVERS: dict[int, list[Any]] = {}
+
+
 def echo_server(lab: Any, inst: Any, proto: str, addr: str, *ports: int, **opts: Any) -> Any:
     """socat ... exec:/bin/cat inside the container, as LXD's test does (umask 0000 for unix)."""
-    return lab.echo(inst, proto, addr, *ports, **opts)
+    proc = lab.echo(inst, proto, addr, *ports, **opts)
+    _SERVERS.setdefault(id(inst), []).append(proc)
+    return proc
+
+
+def stop_servers(inst: Any) -> None:
+    """Kill the echo servers started in ``inst``: they were started with nsenter, so they would
+    otherwise outlive its init and keep the old namespaces answering after a restart."""
+    for proc in _SERVERS.pop(id(inst), []):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def until(fn: Any, expected: Any, timeout: float = 10.0) -> Any:
+    """Call ``fn`` until it returns ``expected`` (devices follow a restart or a change
+    asynchronously); returns the last result or raises the last OSError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = fn()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if got == expected or time.monotonic() > deadline:
+                return got
+        time.sleep(0.05)

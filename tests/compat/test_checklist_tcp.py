@@ -18,6 +18,7 @@ from tests.compat.checklist_support import (
     eventually,
     refused,
     tcp_echo,
+    until,
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
@@ -45,7 +46,7 @@ def test_b1_to_b4_tcp(lab: Any, checklist_daemon: Daemon) -> None:
     # B2: restart -f, new server -> the device is re-created against the new init
     d.restart("proxyTester", inst)
     server = echo_server(lab, inst, "tcp", "127.0.0.1", 4321)
-    assert tcp_echo(lab, P) == MSG
+    assert until(lambda: tcp_echo(lab, P), MSG) == MSG
     assert d.state("proxyTester")["pid"] == inst.pid
 
     # B3: live connect change
