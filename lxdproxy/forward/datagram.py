@@ -21,12 +21,21 @@ Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.forward.datagram_pktinfo import (
+    ANCBUF_SIZE,
+    Cmsg,
+    enable_pktinfo,
+    is_wildcard,
+    parse_pktinfo,
+    pktinfo_bytes,
+)
 from lxdproxy.forward.datagram_stream import relay_stream_to_datagram
 from lxdproxy.proto.udp_sessions import UdpSession, UdpSessionTable
 
@@ -56,11 +65,15 @@ class _Session:
     """Socket state of one client of one listen socket: its own connected target socket."""
 
     __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
-                 "closed", "wakeup")
+                 "closed", "wakeup", "pktinfo", "reply_cmsg")
 
     def __init__(self, client: tuple, header: bytes | None) -> None:
         self.client = client
         self.header = header
+        # Wildcard listeners: the pktinfo of the client's last datagram, and the control
+        # message that makes replies leave from the address it reached (None: plain sendto).
+        self.pktinfo: bytes | None = None
+        self.reply_cmsg: list[Cmsg] | None = None
         self.entry: UdpSession[_Session] | None = None  # its row in the session table
         self.sock: socket.socket | None = None  # None while it is being opened
         self.fd = -1
@@ -109,7 +122,7 @@ class UdpListenerRelay:
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
-        self._replies: deque[tuple[bytes, tuple]] = deque()  # waiting for the listen socket
+        self._replies: deque[tuple[bytes, tuple, list[Cmsg] | None]] = deque()  # waiting for the listen socket
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -130,7 +143,11 @@ class UdpListenerRelay:
         self._loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
         self._running = True
-        self._loop.add_reader(self._fd, self._on_listen_readable)
+        if self._sock.family in (socket.AF_INET, socket.AF_INET6) and is_wildcard(self._local[0]):
+            enable_pktinfo(self._sock)
+            self._loop.add_reader(self._fd, self._on_wildcard_readable)
+        else:
+            self._loop.add_reader(self._fd, self._on_listen_readable)
 
     async def stop(self) -> None:
         """Stop reading and close every session socket (not the listen socket)."""
@@ -194,17 +211,70 @@ class UdpListenerRelay:
                 except OSError as e:
                     self._send_failed(s, view[:n], e)
 
-    def _new_session(self, client: tuple, first: bytes) -> None:
+    def _on_wildcard_readable(self) -> None:
+        """The hot path of a wildcard listener: as above, plus each datagram's destination."""
+        recvmsg_into = self._sock.recvmsg_into
+        buffers = (self._buf,)
+        view = self._view
+        by_client = self._by_client
+        touch = self._table.touch
+        self._now = self._loop.time()  # type: ignore[union-attr]
+        self._wakeup = wakeup = self._wakeup + 1
+        for _ in range(BATCH):
+            try:
+                n, ancdata, _flags, client = recvmsg_into(buffers, ANCBUF_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log.warning("receive failed: %s", e)
+                continue
+            # Only pktinfo was asked for, so it is the one message (unless the caller added
+            # more socket options).
+            pktinfo = ancdata[0][2] if len(ancdata) == 1 else pktinfo_bytes(ancdata)
+            s = by_client.get(client)
+            if s is None:
+                self._new_session(client, bytes(view[:n]), pktinfo)
+                continue
+            if s.wakeup != wakeup:
+                s.wakeup = wakeup
+                touch(s.entry)  # type: ignore[arg-type]
+            if pktinfo != s.pktinfo:  # the client now talks to another local address
+                self._set_pktinfo(s, pktinfo)
+            if s.sock is None:
+                self._queue_pending(s, bytes(view[:n]))
+            elif s.out or s.header is not None:
+                self._send_slow(s, view[:n])
+            else:
+                try:
+                    s.sock.send(view[:n])
+                except OSError as e:
+                    self._send_failed(s, view[:n], e)
+
+    def _set_pktinfo(self, s: _Session, pktinfo: bytes | None) -> tuple:
+        """Remember where the client's datagrams arrive; returns that local address."""
+        s.pktinfo = pktinfo
+        if pktinfo is None:
+            s.reply_cmsg = None
+            return self._local
+        try:
+            local_ip, s.reply_cmsg = parse_pktinfo(pktinfo)
+        except ValueError as e:
+            self._log.warning("%s", e)
+            s.reply_cmsg = None
+            return self._local
+        return (local_ip, self._local[1])
+
+    def _new_session(self, client: tuple, first: bytes, pktinfo: bytes | None = None) -> None:
         if not self._running:
             return
-        header = None
+        s = _Session(client, None)
+        local = self._set_pktinfo(s, pktinfo) if pktinfo is not None else self._local
         if self._header_factory is not None:
             try:
-                header = self._header_factory(client, self._local)
+                s.header = self._header_factory(client, local)
             except Exception as e:  # the factory is the runtime's code: never kill the loop
                 self._log.warning("no PROXY header for %r, datagram dropped: %s", client, e)
                 return
-        s = _Session(client, header)
         lookup = self._table.add(self._fd, client, s)
         s.entry = lookup.session
         self._by_client[client] = s
@@ -246,14 +316,14 @@ class UdpListenerRelay:
         pending, s.pending = s.pending or [], None
         for data in pending:
             if s.closed:  # refused mid-flush: the rest goes to the replacement session
-                self._deliver(s.client, data)
+                self._deliver(s.client, data, s.pktinfo)
             else:
                 self._send_slow(s, data)
 
-    def _deliver(self, client: tuple, data: bytes) -> None:
+    def _deliver(self, client: tuple, data: bytes, pktinfo: bytes | None) -> None:
         s = self._by_client.get(client)
         if s is None:
-            self._new_session(client, data)
+            self._new_session(client, data, pktinfo)
         elif s.sock is None:
             self._queue_pending(s, data)
         else:
@@ -285,7 +355,7 @@ class UdpListenerRelay:
             # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
             client = s.client
             self._drop(s)
-            self._deliver(client, bytes(data))
+            self._deliver(client, bytes(data), s.pktinfo)
         else:
             self._log.warning("send to target for %r failed, datagram dropped: %s",
                               s.client, err)
@@ -317,6 +387,7 @@ class UdpListenerRelay:
         buf = self._buf
         view = self._view
         client = s.client
+        cmsg = s.reply_cmsg
         got = False
         for _ in range(BATCH):
             try:
@@ -331,35 +402,53 @@ class UdpListenerRelay:
                 return
             got = True
             if self._replies:
-                self._queue_reply(view[:n], client)
+                self._queue_reply(view[:n], client, cmsg)
                 continue
             try:
-                self._sock.sendto(view[:n], client)
+                if cmsg is None:
+                    self._sock.sendto(view[:n], client)
+                else:
+                    self._sock.sendmsg((view[:n],), cmsg, 0, client)
             except (BlockingIOError, InterruptedError):
-                self._queue_reply(view[:n], client)
+                self._queue_reply(view[:n], client, cmsg)
                 self._loop.add_writer(self._fd, self._on_listen_writable)  # type: ignore[union-attr]
             except OSError as e:
-                self._log.warning("reply to %r failed, datagram dropped: %s", client, e)
+                self._reply_failed(view[:n], client, cmsg, e)
         if got:
             self._now = self._loop.time()  # type: ignore[union-attr]
             self._table.touch(s.entry)  # type: ignore[arg-type]  # replies reset the timer too
 
-    def _queue_reply(self, data: memoryview, client: tuple) -> None:
+    def _reply_failed(self, data: memoryview | bytes, client: tuple, cmsg: list[Cmsg] | None,
+                      err: OSError) -> None:
+        if cmsg is not None and err.errno == errno.EINVAL:
+            # The address it reached cannot be a source (e.g. IPv6 multicast): let routing
+            # choose, as a plain sendto does.
+            try:
+                self._sock.sendto(data, client)
+                return
+            except OSError as e:
+                err = e
+        self._log.warning("reply to %r failed, datagram dropped: %s", client, err)
+
+    def _queue_reply(self, data: memoryview, client: tuple, cmsg: list[Cmsg] | None) -> None:
         if len(self._replies) >= SEND_QUEUE_MAX_DATAGRAMS:
             self._log.warning("listen socket is not draining: reply dropped")
             return
-        self._replies.append((bytes(data), client))
+        self._replies.append((bytes(data), client, cmsg))
 
     def _on_listen_writable(self) -> None:
         replies = self._replies
         while replies:
-            data, client = replies[0]
+            data, client, cmsg = replies[0]
             try:
-                self._sock.sendto(data, client)
+                if cmsg is None:
+                    self._sock.sendto(data, client)
+                else:
+                    self._sock.sendmsg((data,), cmsg, 0, client)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                self._log.warning("reply to %r failed, datagram dropped: %s", client, e)
+                self._reply_failed(data, client, cmsg, e)
             replies.popleft()
         self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
 
