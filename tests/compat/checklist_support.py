@@ -61,6 +61,10 @@ class Daemon:
     # -- process ------------------------------------------------------------------------------
 
     def start(self, timeout: float = 20.0) -> Daemon:
+        # An existing $LXD_CONF/config.yml: lxc skips its first-run banner ("If this is your
+        # first time running LXD...") on stderr, so error output is only the `Error: ...` line.
+        self.conf.mkdir(parents=True, exist_ok=True)
+        (self.conf / "config.yml").write_text("default-remote: local\n")
         with open(self.log, "ab") as log:
             self.proc = self.lab.host.popen(self._argv, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.checklist_support import Daemon, P, checklist_daemon, echo_server, refused, tcp_echo
+from tests.compat.checklist_support import P2, Daemon, P, checklist_daemon, echo_server, refused, tcp_echo
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]
@@ -83,3 +83,69 @@ def test_a7_a8_remove_invalid_stored_device_then_readd(lab: Any, checklist_daemo
     # A8: the same listen port again
     d.add("proxyTester", "proxyDev", *keys)
     assert tcp_echo(lab, P) == b"checklist\n"
+
+
+# Beyond the checklist: more of LXD's exact texts (spec §1, §1.1, §2) as lxc prints them.
+MORE = [
+    (["listen=tcp:127.0.0.1:80"],
+     'Invalid value for device option "connect": Unknown protocol type ""'),
+    (["listen=tcp:127.0.0.1", "connect=tcp:127.0.0.1:80"],
+     'Invalid value for device option "listen": address 127.0.0.1: missing port in address'),
+    (["listen=tcp:127.0.0.1:80-80", "connect=tcp:127.0.0.1:80"],
+     'Invalid value for device option "listen": End port should be higher than start port'),
+    (["listen=tcp:127.0.0.1:1-2-3", "connect=tcp:127.0.0.1:80"],
+     'Invalid value for device option "listen": Invalid port range "1-2-3"'),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:x"],
+     'Invalid value for device option "connect": strconv.ParseInt: parsing "x": invalid syntax'),
+    (["listen=TCP:127.0.0.1:80", "connect=tcp:127.0.0.1:80"],
+     'Invalid value for device option "listen": Unknown protocol type "TCP"'),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:80", "bind=nowhere"],
+     'Invalid value for device option "bind": Invalid binding side given. Must be "host" or "instance"'),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:80", "nat=maybe"],
+     'Invalid value for device option "nat": Invalid value for a boolean "maybe"'),
+    (["listen=unix:/x.sock", "connect=tcp:127.0.0.1:80", "uid=-1"],
+     'Invalid value for device option "uid": Invalid value for a UNIX ID'),
+    (["listen=unix:/x.sock", "connect=tcp:127.0.0.1:80", "mode=0999"],
+     'Invalid value for device option "mode": Invalid value for an octal file mode'),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:80", "foo=bar"],
+     'Invalid device option "foo"'),
+    (["listen=tcp:127.0.0.1:80,81", "connect=tcp:127.0.0.1:80-82"],
+     "Mismatch between listen port(s) and connect port(s) count"),
+    (["listen=tcp:127.0.0.1:80", "connect=udp:127.0.0.1:80", "proxy_protocol=true"],
+     "The PROXY header can only be sent to tcp servers in non-nat mode"),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:80", "uid=1000"],
+     "Only proxy devices for non-abstract unix sockets can carry uid, gid, or mode properties"),
+    (["listen=tcp:127.0.0.1:80", "connect=tcp:127.0.0.1:80", "nat=true", "bind=instance"],
+     "Only host-bound proxies can use NAT"),
+    (["listen=tcp:127.0.0.1:80", "connect=udp:127.0.0.1:80", "nat=true"],
+     "Proxying tcp <-> udp is not supported when using NAT"),
+    (["listen=unix:/x.sock", "connect=unix:/y.sock", "nat=true"],
+     "Proxying unix <-> unix is not supported when using NAT"),
+    # docs/compatibility.md, deliberate differences: rows "udp: listen with tcp:/unix: connect"
+    # and "port 0 or > 65535" (LXD accepts these and fails at start)
+    (["listen=udp:127.0.0.1:80", "connect=tcp:127.0.0.1:80"],
+     "Proxying from udp to non-udp protocol is not supported"),
+    (["listen=tcp:127.0.0.1:70000", "connect=tcp:127.0.0.1:80"],
+     'Invalid value for device option "listen": Invalid port "70000": must be between 1 and 65535'),
+]
+
+
+def test_more_lxd_error_texts(lab: Any, checklist_daemon: Daemon) -> None:
+    d = checklist_daemon
+    d.register("proxyTester", lab.add_instance())
+    for keys, message in MORE:
+        err = d.lxc_error("config", "device", "add", "proxyTester", "proxyDev", "proxy", *keys)
+        assert err == PREFIX + message, keys
+    # device set goes through the same validation
+    d.add("proxyTester", "proxyDev", f"listen=tcp:127.0.0.1:{P}", "connect=tcp:127.0.0.1:4321")
+    err = d.lxc_error("config", "device", "set", "proxyTester", "proxyDev", "bind=nowhere")
+    assert err == PREFIX + ('Invalid value for device option "bind": Invalid binding side '
+                            'given. Must be "host" or "instance"')
+    # VMs: NAT only (spec §1.1 step 2), the instance type comes from the registration
+    status, out = d.api("POST", "/1.0/instances", {
+        "name": "vm1", "type": "virtual-machine", "source": {"type": "none"},
+        "config": {"user.lxdproxy.pid": str(d.state("proxyTester")["pid"])}})
+    assert out["metadata"]["status"] == "Success", out
+    err = d.lxc_error("config", "device", "add", "vm1", "proxyDev", "proxy",
+                      f"listen=tcp:127.0.0.1:{P2}", "connect=tcp:127.0.0.1:4321")
+    assert err == PREFIX + "Only NAT mode is supported for proxies on VM instances"
