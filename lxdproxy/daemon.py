@@ -45,6 +45,7 @@ class DaemonConfig:
     lxd: str | None = None  # LXD unix socket path or URL: use the LXD backend
     nft_table: str = "lxdproxy"
     poll_interval: float = 1.0
+    nat_repair_interval: float = 10.0  # seconds between checks that our NAT rules still exist
 
     @property
     def unix_socket(self) -> Path:
@@ -100,6 +101,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
+        self._nat_repair: asyncio.Task[None] | None = None
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -146,6 +148,11 @@ class Daemon:
         if cfg.https and ssl_ctx is not None:
             host, port = cfg.https
             await web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx).start()
+        # Re-apply NAT rules that vanished behind our back (e.g. `nft flush ruleset`).
+        from lxdproxy.nat import runtime as nat_runtime
+
+        self._nat_repair = asyncio.get_running_loop().create_task(
+            nat_runtime.watch(cfg.nat_repair_interval))
 
     def _tls(self) -> tuple[Any, Any, dict[str, Any]]:
         try:
@@ -167,10 +174,11 @@ class Daemon:
         return trust, ssl_ctx, info
 
     async def stop(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry
+        for task in (self._retry, self._nat_repair):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take instances from a real LXD instead of the local store")
     parser.add_argument("--nft-table", default="lxdproxy",
                         help="nftables table for NAT devices (default lxdproxy; 'lxd' = LXD's)")
+    parser.add_argument("--nat-repair-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="how often to re-apply NAT rules that vanished (default 10)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
             https=parse_host_port(args.https) if args.https else None,
             lxd=args.lxd,
             nft_table=args.nft_table,
+            nat_repair_interval=args.nat_repair_interval,
         )
         try:
             import uvloop

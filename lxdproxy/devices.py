@@ -56,16 +56,6 @@ class DeviceRuntime:
             self._forwarder = Forwarder(asyncio.get_running_loop())
         return self._forwarder
 
-    def _get_nat_applier(self) -> Any:
-        if self._nat_applier is None:
-            try:
-                from lxdproxy.nat.apply import NatApplier
-            except ImportError as exc:
-                raise NotSupportedError(f"NAT mode is not available: {exc}") from None
-            net_path = self._host_ns.net if self._host_ns is not None else None
-            self._nat_applier = NatApplier(net_path=net_path, table=self.nft_table)
-        return self._nat_applier
-
     # -- queries ------------------------------------------------------------------------------
 
     def running(self, instance_name: str) -> dict[str, RunningDevice]:
@@ -104,19 +94,44 @@ class DeviceRuntime:
                         connect_ns=connect_ns, instance_name=instance.name,
                         instance_pid=instance.pid)
 
+    def _host_net_path(self) -> str | None:
+        return self._host_ns.net if self._host_ns is not None else None
+
     async def _start_nat(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
-        try:
+        if self._nat_applier is not None:  # an injected applier (tests): rules only
             from lxdproxy.nat.rules import build_nat_ruleset
+
+            await _maybe_await(self._nat_applier.apply(
+                build_nat_ruleset(device, instance, device_name, table=self.nft_table)))
+            return
+        try:
+            from lxdproxy.nat import runtime as nat_runtime
         except ImportError as exc:
             raise NotSupportedError(f"NAT mode is not available: {exc}") from None
-        ruleset = build_nat_ruleset(device, instance, device_name, table=self.nft_table)
-        applier = self._get_nat_applier()
+        from lxdproxy.instances.nic_discovery import with_host_names
+
+        # Hairpin needs the NIC's bridge port; local instances may not name it.
+        instance = await with_host_names(instance, self._host_net_path())
         try:
-            await _maybe_await(applier.apply(ruleset))
+            # Resolves the target NIC, enables hairpin on its bridge port, installs the rules.
+            await nat_runtime.apply_device(instance, device_name, device,
+                                           net_path=self._host_net_path(), table=self.nft_table)
         except LxdError:
             raise
         except Exception as exc:  # libnftables reports failures as plain exceptions
             raise DeviceStartError(f"Failed to apply NAT rules: {exc}") from None
+
+    async def _stop_nat(self, rd: RunningDevice, device_name: str) -> None:
+        if self._nat_applier is not None:
+            from lxdproxy.nat.rules import device_label
+
+            await _maybe_await(self._nat_applier.remove(
+                device_label(rd.instance.name, device_name, rd.instance.project)))
+            return
+        from lxdproxy.nat import runtime as nat_runtime
+
+        await nat_runtime.remove_device(rd.instance.name, device_name, project=rd.instance.project,
+                                        net_path=self._host_net_path(), table=self.nft_table)
 
     async def stop(self, instance_name: str, device_name: str) -> None:
         """Stop a device if it runs; errors are logged (stopping must not fail a write)."""
@@ -126,7 +141,7 @@ class DeviceRuntime:
             return
         try:
             if rd.nat:
-                await _maybe_await(self._get_nat_applier().remove(f"{instance_name}.{device_name}"))
+                await self._stop_nat(rd, device_name)
             else:
                 await self._get_forwarder().stop(key)
         except Exception:

@@ -18,8 +18,9 @@ NFT_TABLE = "lxdproxytest"
 
 
 class RunningDaemon:
-    def __init__(self, lab: Any, state_dir: Path) -> None:
+    def __init__(self, lab: Any, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
+        self.extra_args = list(extra_args)
         self.state_dir = state_dir
         self.socket = state_dir / "unix.socket"
         self.log = state_dir / "daemon.log"
@@ -30,7 +31,7 @@ class RunningDaemon:
         log = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = self.lab.host.popen(
             [str(LXDPROXY), "serve", "--state-dir", str(self.state_dir),
-             "--nft-table", NFT_TABLE],
+             "--nft-table", NFT_TABLE, *self.extra_args],
             stdout=subprocess.PIPE, stderr=log)
         log.close()
         assert self.proc.stdout is not None
