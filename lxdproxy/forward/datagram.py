@@ -52,6 +52,9 @@ PENDING_MAX_BYTES = 256 * 1024
 # Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
 # as the kernel would drop them).
 SEND_QUEUE_MAX_DATAGRAMS = 1024
+# Receive buffer asked for on the listen socket (capped by net.core.rmem_max): a burst from
+# many clients waits in the kernel while the loop serves others, rather than being dropped.
+LISTEN_RCVBUF = 4 * 1024 * 1024
 # The opening of a target socket that stop() waits for before giving up on it.
 STOP_OPEN_GRACE = 5.0
 # Timers may fire this much early (asyncio rounds to its clock resolution).
@@ -106,6 +109,9 @@ class UdpListenerRelay:
         self._sock = listen_sock
         self._fd = listen_sock.fileno()
         self._local = listen_sock.getsockname()
+        # Bound to 0.0.0.0 or ::: learn each datagram's destination, to answer from it.
+        self._wildcard = (listen_sock.family in (socket.AF_INET, socket.AF_INET6)
+                          and is_wildcard(self._local[0]))
         self._connect_port = connect_port
         self._open_target = open_target
         self._header_factory = header_factory
@@ -143,11 +149,11 @@ class UdpListenerRelay:
         self._loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
         self._running = True
-        if self._sock.family in (socket.AF_INET, socket.AF_INET6) and is_wildcard(self._local[0]):
+        if self._wildcard:
             enable_pktinfo(self._sock)
-            self._loop.add_reader(self._fd, self._on_wildcard_readable)
-        else:
-            self._loop.add_reader(self._fd, self._on_listen_readable)
+        if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTEN_RCVBUF:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
+        self._loop.add_reader(self._fd, self._on_listen_readable)
 
     async def stop(self) -> None:
         """Stop reading and close every session socket (not the listen socket)."""
@@ -177,16 +183,26 @@ class UdpListenerRelay:
 
     def _on_listen_readable(self) -> None:
         # The hot path: keep it free of method calls and allocations where possible.
+        wildcard = self._wildcard
         recvfrom_into = self._sock.recvfrom_into
+        recvmsg_into = self._sock.recvmsg_into
         buf = self._buf
+        buffers = (buf,)
         view = self._view
         by_client = self._by_client
         touch = self._table.touch
+        pktinfo = None
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
         for _ in range(BATCH):
             try:
-                n, client = recvfrom_into(buf)
+                if wildcard:
+                    n, ancdata, _flags, client = recvmsg_into(buffers, ANCBUF_SIZE)
+                    # Only pktinfo was asked for, so it is the one message (unless the
+                    # caller set more socket options).
+                    pktinfo = ancdata[0][2] if len(ancdata) == 1 else pktinfo_bytes(ancdata)
+                else:
+                    n, client = recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -196,49 +212,12 @@ class UdpListenerRelay:
                 continue
             s = by_client.get(client)
             if s is None:
-                self._new_session(client, bytes(view[:n]))
-                continue
-            if s.wakeup != wakeup:
-                s.wakeup = wakeup
-                touch(s.entry)  # type: ignore[arg-type]
-            if s.sock is None:
-                self._queue_pending(s, bytes(view[:n]))
-            elif s.out or s.header is not None:
-                self._send_slow(s, view[:n])
-            else:
-                try:
-                    s.sock.send(view[:n])
-                except OSError as e:
-                    self._send_failed(s, view[:n], e)
-
-    def _on_wildcard_readable(self) -> None:
-        """The hot path of a wildcard listener: as above, plus each datagram's destination."""
-        recvmsg_into = self._sock.recvmsg_into
-        buffers = (self._buf,)
-        view = self._view
-        by_client = self._by_client
-        touch = self._table.touch
-        self._now = self._loop.time()  # type: ignore[union-attr]
-        self._wakeup = wakeup = self._wakeup + 1
-        for _ in range(BATCH):
-            try:
-                n, ancdata, _flags, client = recvmsg_into(buffers, ANCBUF_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._log.warning("receive failed: %s", e)
-                continue
-            # Only pktinfo was asked for, so it is the one message (unless the caller added
-            # more socket options).
-            pktinfo = ancdata[0][2] if len(ancdata) == 1 else pktinfo_bytes(ancdata)
-            s = by_client.get(client)
-            if s is None:
                 self._new_session(client, bytes(view[:n]), pktinfo)
                 continue
             if s.wakeup != wakeup:
                 s.wakeup = wakeup
                 touch(s.entry)  # type: ignore[arg-type]
-            if pktinfo != s.pktinfo:  # the client now talks to another local address
+            if wildcard and pktinfo != s.pktinfo:  # it now talks to another local address
                 self._set_pktinfo(s, pktinfo)
             if s.sock is None:
                 self._queue_pending(s, bytes(view[:n]))
