@@ -51,9 +51,16 @@ async def relay_stream_to_datagram(
     reply arrives after the half-close) until ``idle_timeout`` without traffic either way or
     until the client has fully closed.
     """
-    if idle_timeout <= 0:
-        raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
-    await _StreamToDatagram(stream_sock, dgram_sock, header, float(idle_timeout)).run()
+    try:
+        if idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        relay = _StreamToDatagram(stream_sock, dgram_sock, header, float(idle_timeout))
+    except BaseException:
+        # The caller handed both sockets over: they are ours to close, even on bad arguments.
+        stream_sock.close()
+        dgram_sock.close()
+        raise
+    await relay.run()
 
 
 class _StreamToDatagram:

@@ -205,3 +205,17 @@ def test_unreachable_target_does_not_end_the_connection(lab):
         await asyncio.wait_for(relay, 10)
 
     run("uvloop", main())
+
+
+def test_bad_arguments_still_close_both_sockets():
+    async def main():
+        for kwargs in ({"idle_timeout": 0}, {"header": b"h" * 70000}):
+            stream, peer = socket.socketpair()
+            dgram, dpeer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # no netns use
+            with pytest.raises(ValueError):
+                await relay_stream_to_datagram(stream, dgram, **kwargs)
+            assert stream.fileno() == -1 and dgram.fileno() == -1
+            peer.close()
+            dpeer.close()
+
+    run("asyncio", main())
