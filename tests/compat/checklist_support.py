@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
+# Override to run the checklist against another build (e.g. a mutated copy, to see it go red).
+LXDPROXY = Path(os.environ.get("LXDPROXY_CHECKLIST_BIN") or REPO / ".venv" / "bin" / "lxdproxy")
 LXC = "/usr/bin/lxc"
 LOOP4 = "127.0.0.1"
 

@@ -149,3 +149,25 @@ def _delete_instance(d: Daemon, inst: Any) -> None:
     """LXD's test runs ``lxc delete -f nattest`` (a forced stop, then DELETE)."""
     d.lxc("delete", "-f", "nattest")
     assert d.lxc("list", "--format", "csv").stdout == ""
+
+
+def test_nat_start_failures_lxd_texts(lab: Any, tmp_path: Path) -> None:
+    """NAT target resolution happens at start (spec §3): LXD's texts behind the start prefix of
+    fixtures/lxd-5.0.2/put-start-failure-c1-wait.json; nothing is left in nftables."""
+    d = Daemon(lab, tmp_path).start()
+    try:
+        inst = lab.add_instance("nattest")
+        d.register("nattest", inst, nic=False)
+        prefix = 'Error: Failed to start device "validNAT": '
+        err = d.lxc_error("config", "device", "add", "nattest", "validNAT", "proxy",
+                          "listen=tcp:127.0.0.1:1234", "connect=tcp:0.0.0.0:1234", "nat=true")
+        assert err == prefix + ("Instance has no static IPv4 address assigned to be used as the "
+                                "connect IP")
+        err = d.lxc_error("config", "device", "add", "nattest", "validNAT", "proxy",
+                          "listen=tcp:[::1]:1234", f"connect=tcp:[{inst.ipv6}]:1234", "nat=true")
+        assert err == prefix + (f'Connect IP "{inst.ipv6}" must be one of the instance\'s static '
+                                "IPv6 addresses")
+        assert absent(d) and "validNAT" not in d.lxc("config", "device", "list", "nattest").stdout
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+    assert d.ruleset().strip() == ""
