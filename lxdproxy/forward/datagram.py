@@ -128,7 +128,8 @@ class UdpListenerRelay:
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
-        self._replies: deque[tuple[bytes, tuple, list[Cmsg] | None]] = deque()  # waiting for the listen socket
+        # Replies waiting for the listen socket to drain: (data, client, control messages).
+        self._replies: deque[tuple[bytes, tuple, list[Cmsg] | None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
