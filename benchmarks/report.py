@@ -31,6 +31,10 @@ METRICS = [
     Metric("lat_p99", "latency", "p99_us", "Request/response latency p99", "µs", False),
     Metric("udp_pps", "udp", "rx_pps", "UDP 64 B received", "pps", True),
     Metric("udp_loss", "udp", "loss_pct", "UDP 64 B loss", "%", False),
+    Metric("udp_drop_host", "udp", "dropped_in_host_pct", "UDP dropped at the proxy's socket (host)",
+           "% of sent", False),
+    Metric("udp_drop_inst", "udp", "dropped_in_instance_pct",
+           "UDP dropped at the server's socket (instance)", "% of sent", False),
     Metric("cpu_per_dgram", "udp", "cpu_us_per_datagram", "Proxy CPU per UDP datagram received",
            "CPU µs", False),
 ]
@@ -96,6 +100,8 @@ def markdown_table(results: dict[str, Any], summary: dict[str, dict[str, float |
     lines = ["| metric | unit | " + " | ".join(peers) + " |",
              "|---|---|" + "---:|" * len(peers)]
     for key, row in summary.items():
+        if all(v is None for v in row.values()):
+            continue  # that workload was not run
         title, unit = _row_title(key, results)
         cells = []
         for p in peers:
@@ -146,6 +152,27 @@ def targets_table(summary: dict[str, dict[str, float | None]], peer: str = "lxdp
         else:
             met = "yes" if (value >= t.bound if t.at_least else value <= t.bound) else "**no**"
         lines.append(f"| {t.title} | {shown} | {met} |")
+    return "\n".join(lines)
+
+
+def memory_table(results: dict[str, Any]) -> str:
+    """RSS and PSS per device count; forkproxy rows not measured are marked as extrapolated."""
+    mem = results.get("memory", {})
+    lx, fp = mem.get("lxdproxy", {}), mem.get("forkproxy", {})
+
+    def cell(point: Any, key: str) -> str:
+        if not isinstance(point, dict) or key not in point:
+            return "–"
+        text = fmt(point[key] / MB)
+        return text if point.get("measured", True) else f"{text} (extrapolated)"
+
+    lines = ["| TCP devices | lxdproxy RSS | lxdproxy PSS | forkproxy RSS (N processes) | forkproxy PSS |",
+             "|---:|---:|---:|---:|---:|"]
+    counts = sorted({int(n) for n in (*lx, *fp) if n.isdigit()})
+    for n in counts:
+        a, b = lx.get(str(n)), fp.get(str(n))
+        lines.append(f"| {n:,} | {cell(a, 'rss_kib')} | {cell(a, 'pss_kib')} | {cell(b, 'rss_kib')} | "
+                     f"{cell(b, 'pss_kib')} |")
     return "\n".join(lines)
 
 
@@ -239,8 +266,16 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         targets_table(summary),
         "",
     ]
+    if results.get("memory"):
+        parts += ["### Memory (MiB)", "",
+                  "0 devices = the daemon with its API up and no device. PSS splits shared pages (the "
+                  "binary's text, libraries) between the processes that map them.", "",
+                  memory_table(results), ""]
     if png is not None:
         parts += [f"![benchmark plot]({_rel(png, here)})", ""]
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.exists():
+        parts += [analysis.read_text().strip(), ""]
     parts += [
         f"Raw results (every run of every peer): [{js.name}]({_rel(js, here)}).",
         "",
@@ -283,7 +318,10 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "far above what any peer carries, so the sender runs flat out). Received pps = datagrams the "
         "iperf3 server in the instance got (its byte count ÷ 64) ÷ its receive time. **Loss** = 1 − "
         "received ÷ sent (the client's count); this includes drops anywhere (sender socket, proxy, "
-        "receiver socket buffer). iperf3's own `lost_packets` only counts sequence gaps.",
+        "receiver socket buffer). iperf3's own `lost_packets` only counts sequence gaps. Where they "
+        "died: the growth of `Udp: RcvbufErrors` (/proc/net/snmp) in the host netns (the proxy's "
+        "listening socket: nothing else receives UDP there) and in the instance (the iperf3 server's "
+        "socket), as a share of the datagrams sent.",
         f"- **Device add**: {sizes['device_add_trials']} trials; the time from just before the "
         "add (REST PATCH for lxdproxy; spawning the process for forkproxy/socat, which have no API, "
         "so LXD's own REST + AppArmor + spawn path would only add to forkproxy's figure) to the first "

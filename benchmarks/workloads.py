@@ -75,6 +75,7 @@ def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     lost_packets counts only sequence gaps, so it misses losses after the last datagram that arrived.)"""
     pids = peer.cpu_pids()
     cpu0 = procstat.cpu_seconds(pids)
+    host0, inst0 = _udp_rcvbuf_errors(env.host), _udp_rcvbuf_errors(env.inst)
     doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-u", "-l", "64",
                          "-b", sizes.udp_rate, "-t", str(sizes.udp_seconds), "-J",
                          "--connect-timeout", "3000"], timeout=sizes.udp_seconds + 60)
@@ -86,7 +87,20 @@ def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
            "tx_pps": sent / doc["end"]["sum_sent"]["seconds"]}
     if not peer.in_kernel and received:
         out["cpu_us_per_datagram"] = (procstat.cpu_seconds(pids) - cpu0) / received * 1e6
+    # Where the datagrams died: a full receive buffer in the lab host netns is the proxy's listening
+    # socket (nothing else receives UDP there); in the instance it is the iperf3 server's socket.
+    if sent:
+        out["dropped_in_host_pct"] = 100.0 * (_udp_rcvbuf_errors(env.host) - host0) / sent
+        out["dropped_in_instance_pct"] = 100.0 * (_udp_rcvbuf_errors(env.inst) - inst0) / sent
     return out
+
+
+def _udp_rcvbuf_errors(place: Any) -> int:
+    """Udp RcvbufErrors of the netns ``place`` lives in (/proc/net/snmp is per network namespace)."""
+    lines = [ln.split() for ln in place.run(["cat", "/proc/net/snmp"]).stdout.decode().splitlines()
+             if ln.startswith("Udp:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("RcvbufErrors")])
 
 
 def device_add(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
