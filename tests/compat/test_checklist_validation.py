@@ -47,7 +47,7 @@ def test_a1_to_a6_rejected_with_lxd_errors(lab: Any, checklist_daemon: Daemon) -
     assert refused(lab, P)
 
 
-def test_a1_through_pylxd_style_put_and_set(lab: Any, checklist_daemon: Daemon) -> None:
+def test_a1_on_device_set_keeps_the_running_device(lab: Any, checklist_daemon: Daemon) -> None:
     """The same validation on ``device set`` (a PUT of the whole instance): LXD's message, and
     the running device is untouched."""
     d = checklist_daemon
