@@ -12,9 +12,44 @@ from benchmarks import report
 from benchmarks.run import run_benchmarks, unavailable_peers, write_outputs
 from benchmarks.sizes import SMOKE
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+def _results(**runs: dict[str, list[dict]]) -> dict:
+    sizes = {"name": "t", "rounds": 3, "memory_devices": [1000]}
+    return {"meta": {"sizes": sizes}, "peers": ["direct", "forkproxy", "lxdproxy"], "runs": runs,
+            "device_add": {"lxdproxy": {"median_ms": 25.0}},
+            "memory": {"lxdproxy": {"1000": {"rss_kib": 90 * 1024}},
+                       "forkproxy": {"1000": {"rss_kib": 36000 * 1024, "measured": False}}}}
 
 
+def test_report_medians_ratios_and_targets() -> None:
+    """Pure: medians ignore failed runs, ratios are value / reference, targets compare the right way."""
+    results = _results(
+        bulk={"direct": [{"gbit_s": 10.0}] * 3,
+              "forkproxy": [{"gbit_s": 8.0}, {"gbit_s": 7.0}, {"error": "x"}, {"gbit_s": 9.0}],
+              "lxdproxy": [{"gbit_s": 9.0}, {"gbit_s": 12.0}, {"gbit_s": 11.0}]},
+        connrate={"direct": [{"conn_s": 100.0}], "forkproxy": [{"conn_s": 50.0}],
+                  "lxdproxy": [{"conn_s": 55.0}]},
+    )
+    summary = report.summarize(results)
+    assert summary["bulk"] == {"direct": 10.0, "forkproxy": 8.0, "lxdproxy": 11.0}
+    assert summary["rss_1000"]["lxdproxy"] == 90.0
+    table = report.markdown_table(results, summary).splitlines()
+    bulk_row = next(r for r in table if r.startswith("| Bulk"))
+    assert "| 11.0 (1.38× fp, 1.10× d) |" in bulk_row and "| 8.00 (0.80× d) |" in bulk_row
+    assert not any(r.startswith("| UDP") for r in table)  # not run: no row
+    targets = {r.split(" | ")[0][2:]: r.split(" | ")[-1] for r in
+               report.targets_table(summary).splitlines()[2:]}
+    assert targets["Bulk ≥ 1.3× forkproxy"] == "yes |"
+    assert targets["Bulk ≥ 0.9× direct"] == "yes |"
+    assert targets["Connection rate ≥ 1.2× forkproxy"] == "**no** |"  # 1.10x
+    assert targets["1,000 devices ≤ 100 MB RSS (whole daemon)"] == "yes |"  # 90 MiB < 95.4 MiB
+    assert targets["Device add → first byte ≤ 20 ms (median)"] == "**no** |"
+    assert targets["UDP received pps ≥ 1.2× forkproxy"] == "not measured |"
+    assert "36,000 (extrapolated)" in report.memory_table(results)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
 @pytest.mark.parametrize("peer", report.PEER_ORDER)
 def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     if shutil.which("iperf3") is None:
@@ -39,6 +74,7 @@ def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     assert lat["requests"] == SMOKE.latency_requests and 0 < lat["p50_us"] <= lat["p99_us"]
     (udp,) = runs["udp"][peer]
     assert 0 < udp["received"] <= udp["sent"]
+    assert udp["dropped_in_host_pct"] >= 0 and udp["dropped_in_instance_pct"] >= 0
     if peer != "direct":
         assert len(results["device_add"][peer]["samples_ms"]) == SMOKE.device_add_trials
     if peer in ("forkproxy", "lxdproxy"):
