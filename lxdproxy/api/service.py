@@ -221,6 +221,10 @@ class InstanceService:
                 raise LxdError("The instance is already stopped", 400)
             if action == "start" and running:
                 raise LxdError("The instance is already running", 400)
+            if action == "restart":
+                # Fails (changing nothing) when the process is gone, so the user's next step,
+                # pointing user.lxdproxy.pid at the new process, brings the devices back.
+                await setter(name, False)
             if action in ("stop", "restart"):
                 await self.runtime.stop_instance(name)
                 await setter(name, True)

@@ -80,11 +80,6 @@ def test_b1_to_b4_tcp(lab: Any, checklist_daemon: Daemon) -> None:
     assert all(refused(lab, port) for port in (P, P2, P3))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lxdproxy/api/service.py InstanceService.change_state: 'restart' on an instance whose process "
-    "is gone persists stopped=True (set_stopped(name, True)) before set_stopped(name, False) "
-    "raises 'is gone: set user.lxdproxy.pid ...'; following that advice then leaves the instance "
-    "Stopped with no devices (an extra 'lxc start' is needed)"))
 def test_b2_restart_f_after_process_restart_then_follow_the_advice(
         lab: Any, checklist_daemon: Daemon) -> None:
     d = checklist_daemon
