@@ -21,23 +21,22 @@ Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from lxdproxy.forward.datagram_log import RateLimitedLog
 from lxdproxy.forward.datagram_pktinfo import (
     ANCBUF_SIZE,
-    Cmsg,
     enable_pktinfo,
     is_wildcard,
     parse_pktinfo,
     pktinfo_bytes,
 )
+from lxdproxy.forward.datagram_reply import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
+from lxdproxy.forward.datagram_session import UdpClientSession
 from lxdproxy.forward.datagram_stream import relay_stream_to_datagram
-from lxdproxy.proto.udp_sessions import UdpSession, UdpSessionTable
+from lxdproxy.proto.udp_sessions import UdpSessionTable
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,6 @@ BATCH = 256
 # While a new session's target socket is being opened, its client's datagrams wait here.
 PENDING_MAX_DATAGRAMS = 64
 PENDING_MAX_BYTES = 256 * 1024
-# Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
-# as the kernel would drop them).
-SEND_QUEUE_MAX_DATAGRAMS = 1024
 # Receive buffer asked for on the listen socket (capped by net.core.rmem_max): a burst from
 # many clients waits in the kernel while the loop serves others, rather than being dropped.
 LISTEN_RCVBUF = 4 * 1024 * 1024
@@ -62,29 +58,6 @@ _TIMER_SLACK = 1e-3
 
 HeaderFactory = Callable[[tuple, tuple], bytes]
 OpenTarget = Callable[[int], Awaitable[socket.socket]]
-
-
-class _Session:
-    """Socket state of one client of one listen socket: its own connected target socket."""
-
-    __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
-                 "closed", "wakeup", "pktinfo", "reply_cmsg")
-
-    def __init__(self, client: tuple, header: bytes | None) -> None:
-        self.client = client
-        self.header = header
-        # Wildcard listeners: the pktinfo of the client's last datagram, and the control
-        # message that makes replies leave from the address it reached (None: plain sendto).
-        self.pktinfo: bytes | None = None
-        self.reply_cmsg: list[Cmsg] | None = None
-        self.entry: UdpSession[_Session] | None = None  # its row in the session table
-        self.sock: socket.socket | None = None  # None while it is being opened
-        self.fd = -1
-        self.pending: list[bytes] | None = []  # datagrams received while opening
-        self.pending_bytes = 0
-        self.out: deque[bytes] = deque()  # datagrams waiting for the target socket to drain
-        self.closed = False
-        self.wakeup = -1  # the last listen-socket wakeup that touched it in the table
 
 
 class UdpListenerRelay:
@@ -119,23 +92,22 @@ class UdpListenerRelay:
         # same client on two listen ports gets two sessions (LXD bug, spec §4.4).
         # Least recently active first: the front is both the next to expire and the one to
         # evict when the table is full.
-        self._table: UdpSessionTable[_Session] = UdpSessionTable(
+        self._table: UdpSessionTable[UdpClientSession] = UdpSessionTable(
             self._clock, idle_timeout=idle_timeout, max_sessions=max_sessions)
         # The hot path looks clients up here (one dict lookup) and touches the table only
         # once per session per wakeup; the table stays the authority on expiry and eviction.
-        self._by_client: dict[tuple, _Session] = {}
+        self._by_client: dict[tuple, UdpClientSession] = {}
         self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
-        # Replies waiting for the listen socket to drain: (data, client, control messages).
-        self._replies: deque[tuple[bytes, tuple, list[Cmsg] | None]] = deque()
+        self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
+        self._replies = ReplyQueue(listen_sock, self._log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._opening: set[asyncio.Task[None]] = set()
         self._running = False
-        self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
 
     # -- public ------------------------------------------------------------------------
 
@@ -162,8 +134,6 @@ class UdpListenerRelay:
         loop = self._loop
         if loop is not None and was_running:
             loop.remove_reader(self._fd)
-            if self._replies:
-                loop.remove_writer(self._fd)
         self._replies.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -230,7 +200,7 @@ class UdpListenerRelay:
                 except OSError as e:
                     self._send_failed(s, view[:n], e)
 
-    def _set_pktinfo(self, s: _Session, pktinfo: bytes | None) -> tuple:
+    def _set_pktinfo(self, s: UdpClientSession, pktinfo: bytes | None) -> tuple:
         """Remember where the client's datagrams arrive; returns that local address."""
         s.pktinfo = pktinfo
         if pktinfo is None:
@@ -247,7 +217,7 @@ class UdpListenerRelay:
     def _new_session(self, client: tuple, first: bytes, pktinfo: bytes | None = None) -> None:
         if not self._running:
             return
-        s = _Session(client, None)
+        s = UdpClientSession(client, None)
         local = self._set_pktinfo(s, pktinfo) if pktinfo is not None else self._local
         if self._header_factory is not None:
             try:
@@ -266,7 +236,7 @@ class UdpListenerRelay:
         task.add_done_callback(self._opening.discard)
         self._arm_timer()
 
-    def _queue_pending(self, s: _Session, data: bytes) -> None:
+    def _queue_pending(self, s: UdpClientSession, data: bytes) -> None:
         pending = s.pending
         if pending is None:
             return
@@ -277,7 +247,7 @@ class UdpListenerRelay:
         pending.append(data)
         s.pending_bytes += len(data)
 
-    async def _open(self, s: _Session) -> None:
+    async def _open(self, s: UdpClientSession) -> None:
         try:
             sock = await self._open_target(self._connect_port)
         except Exception as e:
@@ -309,7 +279,7 @@ class UdpListenerRelay:
         else:
             self._send_slow(s, data)
 
-    def _send_slow(self, s: _Session, data: memoryview | bytes) -> None:
+    def _send_slow(self, s: UdpClientSession, data: memoryview | bytes) -> None:
         """Send (or retry) one datagram to the target: with a header, behind a backlog, or
         after the fast path's send failed."""
         if s.out:
@@ -317,7 +287,7 @@ class UdpListenerRelay:
         else:
             self._send_to_target(s, data)
 
-    def _send_to_target(self, s: _Session, data: memoryview | bytes) -> None:
+    def _send_to_target(self, s: UdpClientSession, data: memoryview | bytes) -> None:
         try:
             if s.header is None:
                 s.sock.send(data)  # type: ignore[union-attr]
@@ -326,7 +296,7 @@ class UdpListenerRelay:
         except OSError as e:
             self._send_failed(s, data, e)
 
-    def _send_failed(self, s: _Session, data: memoryview | bytes, err: OSError) -> None:
+    def _send_failed(self, s: UdpClientSession, data: memoryview | bytes, err: OSError) -> None:
         if isinstance(err, (BlockingIOError, InterruptedError)):
             self._queue_out(s, data)
             self._loop.add_writer(s.fd, self._on_target_writable, s)  # type: ignore[union-attr]
@@ -340,13 +310,13 @@ class UdpListenerRelay:
             self._log.warning("send to target for %r failed, datagram dropped: %s",
                               s.client, err)
 
-    def _queue_out(self, s: _Session, data: memoryview | bytes) -> None:
+    def _queue_out(self, s: UdpClientSession, data: memoryview | bytes) -> None:
         if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
             self._log.warning("target for %r is not draining: datagram dropped", s.client)
             return
         s.out.append(bytes(data) if s.header is None else s.header + bytes(data))
 
-    def _on_target_writable(self, s: _Session) -> None:
+    def _on_target_writable(self, s: UdpClientSession) -> None:
         out = s.out
         while out:
             try:
@@ -362,12 +332,14 @@ class UdpListenerRelay:
 
     # -- target -> client --------------------------------------------------------------
 
-    def _on_target_readable(self, s: _Session) -> None:
+    def _on_target_readable(self, s: UdpClientSession) -> None:
         recv_into = s.sock.recv_into  # type: ignore[union-attr]
         buf = self._buf
         view = self._view
         client = s.client
         cmsg = s.reply_cmsg
+        replies = self._replies
+        sendto = self._sock.sendto
         got = False
         for _ in range(BATCH):
             try:
@@ -381,66 +353,31 @@ class UdpListenerRelay:
                 self._drop(s)
                 return
             got = True
-            if self._replies:
-                self._queue_reply(view[:n], client, cmsg)
+            if replies:
+                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
                 continue
             try:
                 if cmsg is None:
-                    self._sock.sendto(view[:n], client)
+                    sendto(view[:n], client)
                 else:
                     self._sock.sendmsg((view[:n],), cmsg, 0, client)
             except (BlockingIOError, InterruptedError):
-                self._queue_reply(view[:n], client, cmsg)
-                self._loop.add_writer(self._fd, self._on_listen_writable)  # type: ignore[union-attr]
+                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
             except OSError as e:
-                self._reply_failed(view[:n], client, cmsg, e)
+                replies.failed(view[:n], client, cmsg, e)
         if got:
             self._now = self._loop.time()  # type: ignore[union-attr]
             self._table.touch(s.entry)  # type: ignore[arg-type]  # replies reset the timer too
 
-    def _reply_failed(self, data: memoryview | bytes, client: tuple, cmsg: list[Cmsg] | None,
-                      err: OSError) -> None:
-        if cmsg is not None and err.errno == errno.EINVAL:
-            # The address it reached cannot be a source (e.g. IPv6 multicast): let routing
-            # choose, as a plain sendto does.
-            try:
-                self._sock.sendto(data, client)
-                return
-            except OSError as e:
-                err = e
-        self._log.warning("reply to %r failed, datagram dropped: %s", client, err)
-
-    def _queue_reply(self, data: memoryview, client: tuple, cmsg: list[Cmsg] | None) -> None:
-        if len(self._replies) >= SEND_QUEUE_MAX_DATAGRAMS:
-            self._log.warning("listen socket is not draining: reply dropped")
-            return
-        self._replies.append((bytes(data), client, cmsg))
-
-    def _on_listen_writable(self) -> None:
-        replies = self._replies
-        while replies:
-            data, client, cmsg = replies[0]
-            try:
-                if cmsg is None:
-                    self._sock.sendto(data, client)
-                else:
-                    self._sock.sendmsg((data,), cmsg, 0, client)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._reply_failed(data, client, cmsg, e)
-            replies.popleft()
-        self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
-
     # -- bookkeeping -------------------------------------------------------------------
 
-    def _drop(self, s: _Session) -> None:
+    def _drop(self, s: UdpClientSession) -> None:
         """Remove a session from the table and close it."""
         if s.entry is not None:
             self._table.remove(s.entry)
         self._close(s)
 
-    def _close(self, s: _Session) -> None:
+    def _close(self, s: UdpClientSession) -> None:
         if s.closed:
             return
         s.closed = True

@@ -1,0 +1,80 @@
+"""Replies of a udp->udp relay, sent from its listen socket back to the clients.
+
+The relay sends straight away with ``sendto`` (or ``sendmsg`` with IP_PKTINFO on a wildcard
+listener); only when the socket's send buffer is full do replies wait here, bounded, for
+``add_writer`` to report room. Beyond the bound they are dropped, as the kernel would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import deque
+
+from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.forward.datagram_pktinfo import Cmsg
+
+# Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
+# as the kernel would drop them).
+SEND_QUEUE_MAX_DATAGRAMS = 1024
+
+
+class ReplyQueue:
+    """The slow path of sending replies from one listen socket."""
+
+    def __init__(self, sock: socket.socket, log: RateLimitedLog) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._log = log
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[tuple[bytes, tuple, list[Cmsg] | None]] = deque()
+
+    def __bool__(self) -> bool:
+        """True while replies are waiting (new ones must queue behind them)."""
+        return bool(self._queue)
+
+    def put(self, loop: asyncio.AbstractEventLoop, data: memoryview | bytes, client: tuple,
+            cmsg: list[Cmsg] | None) -> None:
+        """Queue a reply the socket could not take now."""
+        if len(self._queue) >= SEND_QUEUE_MAX_DATAGRAMS:
+            self._log.warning("listen socket is not draining: reply dropped")
+            return
+        if not self._queue:
+            self._loop = loop
+            loop.add_writer(self._fd, self._on_writable)
+        self._queue.append((bytes(data), client, cmsg))
+
+    def failed(self, data: memoryview | bytes, client: tuple, cmsg: list[Cmsg] | None,
+               err: OSError) -> None:
+        """A send failed with something other than EAGAIN."""
+        if cmsg is not None and err.errno == errno.EINVAL:
+            # The address it reached cannot be a source (e.g. IPv6 multicast): let routing
+            # choose, as a plain sendto does.
+            try:
+                self._sock.sendto(data, client)
+                return
+            except OSError as e:
+                err = e
+        self._log.warning("reply to %r failed, datagram dropped: %s", client, err)
+
+    def clear(self) -> None:
+        if self._queue and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._queue.clear()
+
+    def _on_writable(self) -> None:
+        queue = self._queue
+        while queue:
+            data, client, cmsg = queue[0]
+            try:
+                if cmsg is None:
+                    self._sock.sendto(data, client)
+                else:
+                    self._sock.sendmsg((data,), cmsg, 0, client)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.failed(data, client, cmsg, e)
+            queue.popleft()
+        self._loop.remove_writer(self._fd)  # type: ignore[union-attr]

@@ -1,0 +1,32 @@
+"""The socket state of one client of a udp->udp relay (see ``datagram.UdpListenerRelay``)."""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+
+from lxdproxy.forward.datagram_pktinfo import Cmsg
+from lxdproxy.proto.udp_sessions import UdpSession
+
+
+class UdpClientSession:
+    """Socket state of one client of one listen socket: its own connected target socket."""
+
+    __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
+                 "closed", "wakeup", "pktinfo", "reply_cmsg")
+
+    def __init__(self, client: tuple, header: bytes | None) -> None:
+        self.client = client
+        self.header = header
+        # Wildcard listeners: the pktinfo of the client's last datagram, and the control
+        # message that makes replies leave from the address it reached (None: plain sendto).
+        self.pktinfo: bytes | None = None
+        self.reply_cmsg: list[Cmsg] | None = None
+        self.entry: UdpSession[UdpClientSession] | None = None  # its row in the session table
+        self.sock: socket.socket | None = None  # None while it is being opened
+        self.fd = -1
+        self.pending: list[bytes] | None = []  # datagrams received while opening
+        self.pending_bytes = 0
+        self.out: deque[bytes] = deque()  # datagrams waiting for the target socket to drain
+        self.closed = False
+        self.wakeup = -1  # the last listen-socket wakeup that touched it in the table
