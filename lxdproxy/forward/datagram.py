@@ -15,7 +15,9 @@ Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 - an ICMP error from the target (ECONNREFUSED on the session's connected socket) drops the
   session, so the client's next datagram builds a fresh one (LXD's reverse reader dies but the
   session lives on, and the client gets no replies until it has been idle for 30 minutes);
-- the table is bounded (``max_sessions``, least recently active evicted first).
+- the table is bounded (``max_sessions``, least recently active evicted first);
+- a wildcard listener answers from the address the client sent to, and puts that address in
+  the PROXY v2 header (``datagram_pktinfo``); LXD answers from whatever routing picks.
 """
 
 from __future__ import annotations
