@@ -71,8 +71,8 @@ def _meta(sizes: Sizes) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "lxd": cmd([LXD, "--version"]) if os.path.exists(LXD) else None,
-        "iperf3": cmd(["iperf3", "--version"]).splitlines()[0] if cmd(["iperf3", "--version"]) else None,
-        "socat": (cmd(["socat", "-V"]).splitlines() or [""])[1] if cmd(["socat", "-V"]) else None,
+        "iperf3": (cmd(["iperf3", "--version"]).splitlines() or [None])[0],
+        "socat": (cmd(["socat", "-V"]).splitlines()[1:2] or [None])[0],
         "loadavg_start": os.getloadavg(),
         "sizes": asdict(sizes),
     }
@@ -88,8 +88,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     skipped = {p: unavailable[p] for p in wanted if p in unavailable}
     names = [p for p in wanted if p not in unavailable]
     chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
-    results: dict[str, Any] = {"meta": _meta(sizes), "peers": names, "skipped": skipped,
-                               "runs": {w: {p: [] for p in names} for w in WORKLOADS if w in chosen},
+    results: dict[str, Any] = {"meta": _meta(sizes), "peers": [], "skipped": skipped, "runs": {},
                                "device_add": {}, "memory": {}, "errors": []}
     env = BenchEnv(lab)
     env.start_servers()
@@ -98,8 +97,15 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     try:
         if any(p.startswith("lxdproxy") for p in names):
             daemon = LxdproxyDaemon(lab)
-            daemon.start()
-            daemon.add_instance(INSTANCE_NAME, env.inst)
+            try:
+                daemon.start()
+                daemon.add_instance(INSTANCE_NAME, env.inst)
+            except Exception as exc:
+                if strict:
+                    raise
+                for name in [p for p in names if p.startswith("lxdproxy")]:
+                    names.remove(name)
+                    skipped[name] = f"daemon did not start: {exc}"
         for name in names:
             peer = _make_peer(name, env, daemon)
             try:
@@ -112,8 +118,9 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                 continue
             started.append(peer)
         results["peers"] = names = [p.name for p in started]
-        for w in results["runs"]:
-            results["runs"][w] = {p: [] for p in names}
+        results["runs"] = {w: {p: [] for p in names} for w in WORKLOADS if w in chosen}
+        if not started:
+            raise RuntimeError(f"no peer could run: {skipped}")
         log(f"peers up: {', '.join(names)}" + (f"; skipped: {skipped}" if skipped else ""))
 
         def attempt(what: str, fn: Callable[[], Any]) -> Any:
