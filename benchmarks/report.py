@@ -92,7 +92,8 @@ def fmt(v: float | None) -> str:
 def _ratio(v: float | None, ref: float | None) -> str:
     if v is None or not ref:
         return ""
-    return f"{v / ref:.2f}×"
+    r = v / ref
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"  # 1,000 devices vs 1,000 processes: 0.0016×
 
 
 def markdown_table(results: dict[str, Any], summary: dict[str, dict[str, float | None]]) -> str:
