@@ -14,7 +14,10 @@ from typing import Any
 from lxdproxy.netns import netns_executor
 
 REPO = Path(__file__).resolve().parents[1]
-IPERF_PORT = 5201  # iperf3 server in the instance (tcp control + data, udp data)
+# iperf3 servers in the instance (tcp control + data, udp data), one per peer from this port up: after a
+# UDP flood a proxy keeps delivering what its listening socket had queued, and a stale datagram that
+# reaches the next test's server first would be taken for that test's client.
+IPERF_PORT = 5201
 ECHO_PORT = 7000  # TCP echo server in the instance
 
 # Many short connections leave TIME_WAIT sockets on the connecting side (the clients in the lab host,
@@ -61,14 +64,17 @@ class BenchEnv:
         for path in (self.host.path, self.inst.namespaces.net):
             netns_executor(path).call(_write_sysctls)
 
-    def start_servers(self) -> None:
-        self.inst.popen(["iperf3", "-s", "-p", str(IPERF_PORT), "--idle-timeout", "30"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    def start_servers(self, iperf_ports: tuple[int, ...] = (IPERF_PORT,)) -> None:
+        for port in iperf_ports:
+            self.inst.popen(["iperf3", "-s", "-p", str(port), "--idle-timeout", "30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
         echo = self.inst.popen([self.python, "-m", "benchmarks.servers", "echo", str(ECHO_PORT)],
                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_python_env(),
                                cwd=str(REPO))
         wait_line(echo, "READY", 15, "echo server")
-        self.wait_listening(self.inst, "tcp", IPERF_PORT, 10)
+        for port in iperf_ports:
+            self.wait_listening(self.inst, "tcp", port, 10)
 
     # -- running things --------------------------------------------------------------------------
     def host_python(self, *args: str, **kw: Any) -> subprocess.Popen[Any]:

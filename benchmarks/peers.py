@@ -36,9 +36,10 @@ class Peer:
     name = ""
     in_kernel = False  # no userspace forwarding process: CPU/GiB is not attributable
 
-    def __init__(self, env: BenchEnv, base_port: int) -> None:
+    def __init__(self, env: BenchEnv, base_port: int, *, iperf_port: int = IPERF_PORT) -> None:
         self.env = env
         self.base_port = base_port
+        self.iperf_port = iperf_port  # this peer's own iperf3 server in the instance
         self.listen_ip = env.host.ipv4
 
     @property
@@ -73,7 +74,7 @@ class Direct(Peer):
 
     @property
     def bulk(self) -> Endpoint:
-        return Endpoint(self.env.inst.ipv4, IPERF_PORT)
+        return Endpoint(self.env.inst.ipv4, self.iperf_port)
 
     @property
     def echo(self) -> Endpoint:
@@ -86,8 +87,8 @@ class Direct(Peer):
 class _Processes(Peer):
     """A peer made of one process per forward, started by us (not the lab) so we stop them too."""
 
-    def __init__(self, env: BenchEnv, base_port: int) -> None:
-        super().__init__(env, base_port)
+    def __init__(self, env: BenchEnv, base_port: int, **kw: Any) -> None:
+        super().__init__(env, base_port, **kw)
         self.procs: list[subprocess.Popen[Any]] = []
         self.extra: dict[int, subprocess.Popen[Any]] = {}
 
@@ -125,8 +126,8 @@ class Socat(_Processes):
                                    stderr=subprocess.DEVNULL)
 
     def start(self) -> None:
-        self.procs = [self._spawn("tcp", self.bulk.port, IPERF_PORT),
-                      self._spawn("udp", self.bulk.port, IPERF_PORT),
+        self.procs = [self._spawn("tcp", self.bulk.port, self.iperf_port),
+                      self._spawn("udp", self.bulk.port, self.iperf_port),
                       self._spawn("tcp", self.echo.port, ECHO_PORT)]
         self.env.wait_listening(self.env.host, "tcp", self.bulk.port, 10)
         self.env.wait_listening(self.env.host, "udp", self.bulk.port, 10)
@@ -151,8 +152,8 @@ class Forkproxy(_Processes):
 
     name = "forkproxy"
 
-    def __init__(self, env: BenchEnv, base_port: int) -> None:
-        super().__init__(env, base_port)
+    def __init__(self, env: BenchEnv, base_port: int, **kw: Any) -> None:
+        super().__init__(env, base_port, **kw)
         self.anchor: subprocess.Popen[Any] | None = None
         self.logdir = Path(tempfile.mkdtemp(prefix="lxdproxy-bench-forkproxy-"))
 
@@ -187,8 +188,8 @@ class Forkproxy(_Processes):
     def start(self) -> None:
         ip = self.listen_ip
         self.procs = [
-            self.spawn(f"tcp:{ip}:{self.bulk.port}", f"tcp:127.0.0.1:{IPERF_PORT}"),
-            self.spawn(f"udp:{ip}:{self.bulk.port}", f"udp:127.0.0.1:{IPERF_PORT}"),
+            self.spawn(f"tcp:{ip}:{self.bulk.port}", f"tcp:127.0.0.1:{self.iperf_port}"),
+            self.spawn(f"udp:{ip}:{self.bulk.port}", f"udp:127.0.0.1:{self.iperf_port}"),
             self.spawn(f"tcp:{ip}:{self.echo.port}", f"tcp:127.0.0.1:{ECHO_PORT}"),
         ]
 
@@ -219,8 +220,8 @@ class Lxdproxy(Peer):
     name = "lxdproxy"
     nat = False
 
-    def __init__(self, env: BenchEnv, base_port: int, daemon: LxdproxyDaemon) -> None:
-        super().__init__(env, base_port)
+    def __init__(self, env: BenchEnv, base_port: int, daemon: LxdproxyDaemon, **kw: Any) -> None:
+        super().__init__(env, base_port, **kw)
         self.daemon = daemon
         # NAT needs the instance NIC address as the target (LXD's rule); non-NAT connects inside the
         # instance to loopback, the way LXD users write it.
@@ -237,8 +238,8 @@ class Lxdproxy(Peer):
     def start(self) -> None:
         p = self.prefix
         self.daemon.patch_devices(INSTANCE_NAME, {
-            f"{p}-iperf-tcp": self._device("tcp", self.bulk.port, IPERF_PORT),
-            f"{p}-iperf-udp": self._device("udp", self.bulk.port, IPERF_PORT),
+            f"{p}-iperf-tcp": self._device("tcp", self.bulk.port, self.iperf_port),
+            f"{p}-iperf-udp": self._device("udp", self.bulk.port, self.iperf_port),
             f"{p}-echo": self._device("tcp", self.echo.port, ECHO_PORT),
         })
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks import report, workloads
 from benchmarks.daemon import LxdproxyDaemon, daemon_available
-from benchmarks.env import REPO, BenchEnv
+from benchmarks.env import IPERF_PORT, REPO, BenchEnv
 from benchmarks.peers import INSTANCE_NAME, LXD, Direct, Forkproxy, Lxdproxy, LxdproxyNat, Peer, Socat
 from benchmarks.sizes import BY_NAME, FULL, QUICK, Sizes
 
@@ -32,6 +32,7 @@ WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
 }
 EXTRA_WORKLOADS = ("device_add", "memory")
 BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000}
+IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
 
 def unavailable_peers() -> dict[str, str]:
@@ -46,15 +47,15 @@ def unavailable_peers() -> dict[str, str]:
 
 
 def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None) -> Peer:
-    base = BASE_PORTS[name]
+    base, iperf = BASE_PORTS[name], IPERF_PORTS[name]
     if name == "direct":
-        return Direct(env, base)
+        return Direct(env, base, iperf_port=iperf)
     if name == "socat":
-        return Socat(env, base)
+        return Socat(env, base, iperf_port=iperf)
     if name == "forkproxy":
-        return Forkproxy(env, base)
+        return Forkproxy(env, base, iperf_port=iperf)
     assert daemon is not None
-    return (LxdproxyNat if name == "lxdproxy-nat" else Lxdproxy)(env, base, daemon)
+    return (LxdproxyNat if name == "lxdproxy-nat" else Lxdproxy)(env, base, daemon, iperf_port=iperf)
 
 
 def _meta(sizes: Sizes) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     results: dict[str, Any] = {"meta": _meta(sizes), "peers": [], "skipped": skipped, "runs": {},
                                "device_add": {}, "memory": {}, "errors": []}
     env = BenchEnv(lab)
-    env.start_servers()
+    env.start_servers(tuple(IPERF_PORTS[p] for p in names))
     daemon = None
     started: list[Peer] = []
     try:

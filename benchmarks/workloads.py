@@ -79,6 +79,7 @@ def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-u", "-l", "64",
                          "-b", sizes.udp_rate, "-t", str(sizes.udp_seconds), "-J",
                          "--connect-timeout", "3000"], timeout=sizes.udp_seconds + 60)
+    _wait_udp_drained(env, peer)
     sent = doc["end"]["sum_sent"]["packets"]
     recv = doc["end"]["sum_received"]
     received = recv["bytes"] // 64
@@ -93,6 +94,17 @@ def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
         out["dropped_in_host_pct"] = 100.0 * (_udp_rcvbuf_errors(env.host) - host0) / sent
         out["dropped_in_instance_pct"] = 100.0 * (_udp_rcvbuf_errors(env.inst) - inst0) / sent
     return out
+
+
+def _wait_udp_drained(env: BenchEnv, peer: Peer, timeout: float = 5.0) -> None:
+    """A proxy keeps forwarding what its listening socket queued after the sender stopped: let it
+    finish before the next test, so no stale datagram reaches a later test's server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = env.host.run(["ss", "-Huln", f"sport = :{peer.bulk.port}"], check=False).stdout.split()
+        if not out or out[1] == b"0":  # columns: State Recv-Q Send-Q ...
+            return
+        time.sleep(0.05)
 
 
 def _udp_rcvbuf_errors(place: Any) -> int:
