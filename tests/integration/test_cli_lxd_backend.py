@@ -21,7 +21,7 @@ from tests.integration.test_cli_daemon import echo_through, lx, start_daemon
 
 pytestmark = pytest.mark.lab
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lxd-5.0.2"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 
 
 def _body(name: str) -> dict[str, Any]:

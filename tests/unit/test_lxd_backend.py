@@ -23,7 +23,7 @@ from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedEr
 from lxdproxy.instances.lxd import ONLY_PROXY_DEVICES, LxdBackend
 from lxdproxy.instances.model import Nic
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lxd-5.0.2"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 LXD = "http://lxd.test"
 
 
