@@ -304,7 +304,11 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "",
         "## Workloads",
         "",
-        f"- **Bulk**: `iperf3 -c <peer> -n {sizes['bulk_bytes']}` host→instance; receiver throughput.",
+        f"- **Bulk**: `iperf3 -c <peer> -n {sizes['bulk_bytes']}` host→instance; receiver throughput "
+        "(iperf3's server count, which stops at the end-of-test message, so bytes still buffered in a "
+        "proxy are not counted). Note the paths differ: direct and NAT cross the veth (MTU 1500, with "
+        "GRO/GSO); forkproxy and lxdproxy take loopback on both sides (client→proxy in the host netns, "
+        "proxy→server inside the instance), as they do with LXD; socat takes loopback then the veth.",
         "- **CPU per GiB**: utime+stime (all threads, plus reaped children for socat's fork mode) of the "
         "forwarding process(es) from `/proc/<pid>/stat`, over the bulk run, ÷ GiB received. For "
         "lxdproxy that is the whole daemon. Not attributable for direct and NAT (kernel softirq time). "
@@ -312,7 +316,8 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "and per datagram received.",
         f"- **Connection rate**: {sizes['connrate_clients']} client processes for "
         f"{sizes['connrate_seconds']} s each do: connect, send 64 B, read the 64 B echo, close. "
-        "TIME_WAIT reuse and a wide ephemeral range are set in the lab namespaces.",
+        "TIME_WAIT reuse and a wide ephemeral range are set in the lab namespaces. The clients are "
+        "Python processes on the same 2 cores, so the direct and NAT figures are bounded by them.",
         f"- **Latency**: one kept-open connection (TCP_NODELAY), {sizes['latency_requests']:,} sequential "
         "64 B request/response round trips after 100 warm-up ones; p50/p99 of the per-request time.",
         f"- **UDP**: `iperf3 -u -l 64 -b {sizes['udp_rate']} -t {sizes['udp_seconds']}` (offered load "
