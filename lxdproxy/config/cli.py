@@ -72,7 +72,8 @@ def device_json(device: ProxyDevice) -> dict[str, Any]:
     }
 
 
-def _parse_options(items: list[str]) -> dict[str, str]:
+def parse_key_values(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line items as a device config; ValueError on a malformed or repeated key."""
     options: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -86,7 +87,7 @@ def _parse_options(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        options = _parse_options(list(args.options))
+        options = parse_key_values(list(args.options))
     except ValueError as exc:
         print(f"lxdproxy validate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

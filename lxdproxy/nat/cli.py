@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lxdproxy.config.cli import parse_key_values
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import LxdError
 from lxdproxy.instances.model import Instance, Nic
@@ -49,18 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "nat=true")
 
 
-def _parse_options(items: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        if key in options:
-            raise ValueError(f"option {key!r} given more than once")
-        options[key] = value
-    return options
-
-
 def _nic(ips: list[str]) -> Nic:
     v4 = v6 = None
     for text in ips:
@@ -80,7 +69,7 @@ def _nic(ips: list[str]) -> Nic:
 
 def _show(args: argparse.Namespace) -> int:
     try:
-        options = _parse_options(list(args.options))
+        options = parse_key_values(list(args.options))
         nic = _nic(list(args.instance_ip))
     except ValueError as exc:
         print(f"lxdproxy nat show: error: {exc}", file=sys.stderr)
