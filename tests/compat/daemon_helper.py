@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -61,44 +60,4 @@ class RunningDaemon:
         return {**os.environ, "LXD_CONF": str(conf_dir), "LXD_SOCKET": str(self.socket)}
 
 
-def roundtrip(place: Any, host: str, port: int, payload: bytes = b"ping",
-              family: int = socket.AF_INET) -> bytes:
-    """Connect from ``place`` (lab.host or a client), send, half-close, read until EOF."""
-    s = place.socket(family, socket.SOCK_STREAM)
-    try:
-        s.connect((host, port))
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
-    finally:
-        s.close()
-
-
-def eventually_roundtrip(place: Any, host: str, port: int, payload: bytes = b"ping",
-                         timeout: float = 10.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return roundtrip(place, host, port, payload)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def unix_roundtrip(path: str, payload: bytes = b"ping") -> bytes:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        s.connect(path)
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
-    finally:
-        s.close()
+from tests.lab.traffic import eventually_roundtrip, roundtrip, unix_roundtrip  # noqa: E402,F401 - re-exported

@@ -20,6 +20,7 @@ from lxdproxy.api.service import InstanceService
 from lxdproxy.devices import DeviceRuntime
 from lxdproxy.instances.local import LocalBackend
 from lxdproxy.store import Store
+from tests.lab.traffic import roundtrip as lab_roundtrip
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 PROXY = {"type": "proxy", "listen": "tcp:198.18.0.1:7000", "connect": "tcp:127.0.0.1:9000"}
@@ -250,17 +251,7 @@ async def test_delete(api: Any, stopped: str) -> None:
 # -- with traffic: the runtime's host side is lab.host --------------------------------------
 
 def roundtrip(lab: Any, port: int, payload: bytes = b"ping") -> bytes:
-    s = lab.host.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.connect(("198.18.0.1", port))
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
-    finally:
-        s.close()
+    return lab_roundtrip(lab.host, "198.18.0.1", port, payload)
 
 
 @pytest.mark.lab

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from lxdproxy.cli import main
 from lxdproxy.client import ApiError, DaemonClient
 from tests.lab import Lab
+from tests.lab.traffic import roundtrip
 
 pytestmark = pytest.mark.lab
 
@@ -65,14 +65,7 @@ def lx(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def echo_through(client_place, host: str, port: int, payload: bytes) -> bytes:
-    with client_place.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.connect((host, port))
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-        return data
+    return roundtrip(client_place, host, port, payload)
 
 
 def test_readme_flow_register_instance_and_forward_a_port(lab, daemon, capsys):

@@ -9,27 +9,16 @@ import subprocess
 import pytest
 
 from tests.lab import Lab
+from tests.lab.traffic import roundtrip
 
 pytestmark = pytest.mark.lab
-
-
-def _echo_roundtrip(sock: socket.socket, addr: tuple[str, int], payload: bytes) -> bytes:
-    with sock:
-        sock.connect(addr)
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        return data
 
 
 def test_instance_server_reachable_from_host_over_veth(lab: Lab) -> None:
     inst = lab.add_instance()
     lab.echo(inst, "tcp", "::", 4321)
-    assert _echo_roundtrip(lab.host.socket(), (inst.ipv4, 4321), b"hello v4") == b"hello v4"
-    v6 = lab.host.socket(socket.AF_INET6)
-    assert _echo_roundtrip(v6, (inst.ipv6, 4321), b"hello v6") == b"hello v6"
+    assert roundtrip(lab.host, inst.ipv4, 4321, b"hello v4") == b"hello v4"
+    assert roundtrip(lab.host, inst.ipv6, 4321, b"hello v6", socket.AF_INET6) == b"hello v6"
 
 
 def test_instance_unix_socket_is_invisible_on_host(lab: Lab, tmp_path) -> None:
@@ -48,16 +37,15 @@ def test_restart_gives_new_pid_same_address(lab: Lab) -> None:
     inst.restart()
     assert inst.pid != old_pid
     lab.echo(inst, "tcp", "0.0.0.0", 4321)
-    assert _echo_roundtrip(lab.host.socket(), (inst.ipv4, 4321), b"again") == b"again"
+    assert roundtrip(lab.host, inst.ipv4, 4321, b"again") == b"again"
 
 
 def test_client_is_routed_through_host(lab: Lab) -> None:
     inst = lab.add_instance()
     client = lab.add_client()
     lab.echo(inst, "tcp", "::", 4321)
-    assert _echo_roundtrip(client.socket(), (inst.ipv4, 4321), b"routed") == b"routed"
-    v6 = client.socket(socket.AF_INET6)
-    assert _echo_roundtrip(v6, (inst.ipv6, 4321), b"routed6") == b"routed6"
+    assert roundtrip(client, inst.ipv4, 4321, b"routed") == b"routed"
+    assert roundtrip(client, inst.ipv6, 4321, b"routed6", socket.AF_INET6) == b"routed6"
 
 
 def test_userns_instance_maps_root(lab: Lab) -> None:
