@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import socket
 import sqlite3
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.compat.daemon_helper import start_in_lab_host
 
 REPO = Path(__file__).resolve().parents[2]
 # Override to run the checklist against another build (e.g. a mutated copy, to see it go red).
@@ -66,19 +67,8 @@ class Daemon:
         # first time running LXD...") on stderr, so error output is only the `Error: ...` line.
         self.conf.mkdir(parents=True, exist_ok=True)
         (self.conf / "config.yml").write_text("default-remote: local\n")
-        with open(self.log, "ab") as log:
-            self.proc = self.lab.host.popen(self._argv, stdout=subprocess.PIPE, stderr=log)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"lxdproxy: listening on"):
-                    return self
-                if not line:
-                    break
-        raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
+        self.proc = start_in_lab_host(self.lab, self._argv, self.log, timeout)
+        return self
 
     def stop(self) -> int:
         assert self.proc is not None

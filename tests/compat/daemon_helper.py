@@ -16,6 +16,24 @@ LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
 NFT_TABLE = "lxdproxytest"
 
 
+def start_in_lab_host(lab: Any, argv: list[str], log_path: Path,
+                      timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    """Start ``lxdproxy serve`` in lab.host (stderr to ``log_path``) and wait for its ready line."""
+    with open(log_path, "ab") as log:
+        proc = lab.host.popen(argv, stdout=subprocess.PIPE, stderr=log)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith(b"lxdproxy: listening on"):
+                return proc
+            if not line:
+                break
+    raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
+
+
 class RunningDaemon:
     def __init__(self, lab: Any, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
@@ -27,23 +45,10 @@ class RunningDaemon:
 
     def start(self, timeout: float = 20.0) -> RunningDaemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = self.lab.host.popen(
-            [str(LXDPROXY), "serve", "--state-dir", str(self.state_dir),
-             "--nft-table", NFT_TABLE, *self.extra_args],
-            stdout=subprocess.PIPE, stderr=log)
-        log.close()
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"lxdproxy: listening on"):
-                    return self
-                if not line:
-                    break
-        raise RuntimeError(f"daemon did not start:\n{self.log.read_text()}")
+        self.proc = start_in_lab_host(
+            self.lab, [str(LXDPROXY), "serve", "--state-dir", str(self.state_dir),
+                       "--nft-table", NFT_TABLE, *self.extra_args], self.log, timeout)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
