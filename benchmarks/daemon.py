@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +56,13 @@ class LxdproxyDaemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
-        log = open(self.log_path, "wb")
+        from tests.compat.daemon_helper import start_in_lab_host  # the one way tests start it too
+
         argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir)]
-        self.proc = self.lab.host.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=str(REPO))
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DaemonError(f"lxdproxy serve exited with {self.proc.returncode}: {self.log_tail()}")
-            if Path(self.socket_path).exists():
-                try:
-                    status, _ = self.request("GET", "/1.0", timeout=2)
-                    if status == 200:
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise DaemonError(f"lxdproxy serve not answering on {self.socket_path}: {self.log_tail()}")
+        try:
+            self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout)
+        except RuntimeError as exc:
+            raise DaemonError(str(exc)) from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -84,6 +72,8 @@ class LxdproxyDaemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def log_tail(self, n: int = 2000) -> str:
