@@ -73,3 +73,11 @@ def memory_kib(pids: list[int]) -> dict[str, int]:
         "pss_kib": sum(_pss_kib(p) for p in procs),
         "processes": len(procs),
     }
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat, for a machine-wide busy share."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - idle, total

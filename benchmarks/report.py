@@ -23,6 +23,8 @@ class Metric:
 
 METRICS = [
     Metric("bulk", "bulk", "gbit_s", "Bulk TCP host→instance", "Gbit/s", True),
+    Metric("bulk_busy", "bulk", "machine_busy_pct", "Machine CPU busy during bulk (all cores)", "%",
+           False),
     Metric("cpu_per_gib", "bulk", "cpu_s_per_gib", "Proxy CPU per GiB (bulk)", "CPU s/GiB", False),
     Metric("conn_rate", "connrate", "conn_s", "Connection rate (64 B req/resp)", "conn/s", True),
     Metric("cpu_per_conn", "connrate", "cpu_us_per_conn", "Proxy CPU per connection", "CPU µs",

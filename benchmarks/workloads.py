@@ -22,14 +22,18 @@ def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     the run, divided by the GiB the receiver got."""
     pids = peer.cpu_pids()
     cpu0 = procstat.cpu_seconds(pids)
+    busy0, total0 = procstat.machine_ticks()
     doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-n", sizes.bulk_bytes,
                          "-J", "--connect-timeout", "3000"], timeout=300)
+    busy1, total1 = procstat.machine_ticks()
     time.sleep(0.2)  # let socat reap its per-connection child so its CPU lands in cutime
     cpu = procstat.cpu_seconds(pids) - cpu0
     recv = doc["end"]["sum_received"]
     gib = recv["bytes"] / GIB
     out = {"gbit_s": recv["bits_per_second"] / 1e9, "bytes": recv["bytes"], "seconds": recv["seconds"],
-           "retransmits": doc["end"]["sum_sent"].get("retransmits", 0)}
+           "retransmits": doc["end"]["sum_sent"].get("retransmits", 0),
+           # every CPU of the machine (other jobs included): near 100 means the run was CPU-bound
+           "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0)}
     if not peer.in_kernel:
         out["cpu_s"] = cpu
         out["cpu_s_per_gib"] = cpu / gib if gib else None
