@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -30,6 +31,10 @@ from lxdproxy.netns import Namespaces, netns_executor, release_netns_executor
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_V4, HOST_V6 = "198.18.0.1", "fd42::1"
+
+
+def _under_tmp(path: Path) -> bool:
+    return path == Path("/tmp") or Path("/tmp") in path.parents
 
 
 def _off_loop(fn: Any, *args: Any) -> Any:
@@ -128,7 +133,15 @@ class LabInstance(_Place):
             argv[1:1] = ["--user", "--map-users=100000,0,65536", "--map-groups=100000,0,65536",
                          "--setuid=0", "--setgid=0"]
         # No --fork: unshare execs the shell inside the new namespaces, so Popen.pid is the init.
-        script = "mount -t tmpfs -o mode=1777 tmpfs /tmp && echo READY && exec sleep infinity"
+        script = "mount -t tmpfs -o mode=1777 tmpfs /tmp"
+        if _under_tmp(REPO):
+            # The private /tmp would hide a checkout living under /tmp (lab scripts, the venv):
+            # keep a handle on it from before the mount and bind it back at the same path
+            # (--no-canonicalize: mount must not resolve the fd link to the now hidden path).
+            repo = shlex.quote(str(REPO))
+            script = (f"exec 9<{repo} && {script} && mkdir -p {repo} && "
+                      f"mount --no-canonicalize --bind /proc/self/fd/9 {repo} && exec 9<&-")
+        script += " && echo READY && exec sleep infinity"
         self.proc = subprocess.Popen(argv + ["sh", "-c", script], stdout=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL)
         _wait_ready(self.proc, f"instance {self.name}")
