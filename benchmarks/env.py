@@ -52,7 +52,11 @@ def wait_line(proc: subprocess.Popen[Any], want: str, timeout: float, what: str)
                 break
         elif proc.poll() is not None:
             break
-    raise RuntimeError(f"{what}: no {want!r} within {timeout}s (exit {proc.poll()})")
+    try:
+        code = proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what}: no {want!r} within {timeout}s") from None
+    raise RuntimeError(f"{what} exited ({code}) before printing {want!r}")
 
 
 class BenchEnv:
