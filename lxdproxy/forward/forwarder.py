@@ -114,6 +114,10 @@ class Forwarder:
             return running.open_connections if running else 0
         return sum(d.open_connections for d in self._devices.values())
 
+    def pooled_sockets(self) -> int:
+        """Unconnected target sockets held ready by the running devices (fds, for accounting)."""
+        return sum(d.endpoints.pooled_sockets() for d in self._devices.values())
+
     def stats(self) -> ForwarderStats:
         devices = list(self._devices.values())
         return ForwarderStats(

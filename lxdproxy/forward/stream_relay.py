@@ -3,9 +3,12 @@
 Three ways to move a direction's bytes, chosen per relay:
 
 - ``SPLICE``: ``os.splice`` socket -> pipe -> socket (zero-copy; the pipe is 1 MiB via
-  ``F_SETPIPE_SZ``). A socket that cannot splice answers EINVAL; that direction then falls back to
-  ``COPY`` without losing a byte (anything already in the pipe is drained into the copy buffer).
-- ``COPY``: ``recv_into`` a preallocated buffer, ``send`` from it.
+  ``F_SETPIPE_SZ``). A relay asked for SPLICE starts each direction in ``COPY`` and switches that
+  direction to splice once it has moved ``SPLICE_AFTER`` bytes: most connections are short, and two
+  pipes per connection (pipe2 + F_SETPIPE_SZ + 4 closes) cost more than copying a few KiB.
+  A socket that cannot splice answers EINVAL; that direction then falls back to ``COPY``
+  without losing a byte (anything already in the pipe is drained into the copy buffer).
+- ``COPY``: ``recv_into`` a buffer shared by all relays, ``send`` from it.
 - ``RIGHTS``: unix <-> unix with ``recvmsg``/``sendmsg`` so SCM_RIGHTS file descriptors travel
   with their bytes (as LXD's unix relay does); our copies are closed once sent.
 
@@ -38,9 +41,15 @@ log = logging.getLogger(__name__)
 
 PIPE_SIZE = 1 << 20
 COPY_BUFFER = 64 * 1024
+SPLICE_AFTER = 256 * 1024  # a SPLICE direction copies this much before it makes its pipe
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # Room for the most fds one SCM_RIGHTS message can carry (SCM_MAX_FD = 253).
 RIGHTS_ANCILLARY = socket.CMSG_SPACE(253 * array.array("i").itemsize)
+
+# COPY reads land in this one buffer, shared by every relay on the loop (one thread): a read is
+# written out straight away, and only what the destination did not take is copied into the
+# direction's own buffer. A connection then costs no 64 KiB buffers of its own.
+_SCRATCH = bytearray(COPY_BUFFER)
 
 
 class RelayMode(enum.Enum):
@@ -59,18 +68,19 @@ class _Direction:
         self.dst = relay.socks[source.other]
         self.src_fd = self.src.fileno()
         self.dst_fd = self.dst.fileno()
-        self.mode = mode
+        # SPLICE starts as COPY; the pipe is made on the first read after SPLICE_AFTER bytes.
+        self.mode = RelayMode.COPY if mode is RelayMode.SPLICE else mode
+        self.splice_later = mode is RelayMode.SPLICE
         self.reading = False
         self.writing = False
         self.pipe: tuple[int, int] | None = None
-        self.buf: bytearray | None = None
+        self.buf: bytearray | None = None  # COPY: _SCRATCH, or our own copy of a partial write
         self.start = 0  # COPY/RIGHTS: buffered bytes are buf[start:start + state.buffered]
         self.fds: list[int] = []  # RIGHTS: received fds waiting to go out with the next send
         self.moved = 0
-        if mode is not RelayMode.SPLICE:
+        self.splice_start = 0  # ``moved`` when splicing began
+        if mode is RelayMode.RIGHTS:
             self.buf = bytearray(COPY_BUFFER)
-        # SPLICE: the pipe is made on the first readable event, so an idle connection costs two
-        # sockets, not six fds.
 
     # -- interest ------------------------------------------------------------------------------
     def update_interest(self) -> None:
@@ -116,7 +126,8 @@ class _Direction:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            if exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE and self.moved == 0:
+            if (exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE
+                    and self.moved == self.splice_start):
                 self._fall_back_to_copy()
                 self.on_readable()
                 return
@@ -144,7 +155,10 @@ class _Direction:
                     self.relay.apply(self.relay.state.finished(self.state.source))
                     return
         except (BlockingIOError, InterruptedError):
-            pass
+            if self.buf is _SCRATCH:
+                # The next read (of any relay) reuses the scratch buffer: keep the rest here.
+                self.buf = self.buf[self.start : self.start + self.state.buffered]
+                self.start = 0
         except OSError as exc:
             if exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE:
                 self._fall_back_to_copy()
@@ -152,6 +166,13 @@ class _Direction:
                 return
             self.relay.apply(self.relay.state.error(self.state.destination, exc.strerror or ""))
             return
+        else:
+            if self.mode is RelayMode.COPY:
+                self.buf = None
+                if self.splice_later and self.moved >= SPLICE_AFTER:
+                    self.splice_later = False
+                    self.mode = RelayMode.SPLICE
+                    self.splice_start = self.moved
         self.update_interest()
 
     # -- the three ways of moving bytes ---------------------------------------------------------
@@ -162,14 +183,14 @@ class _Direction:
                     self.pipe = _make_pipe()
                 except OSError:  # out of fds (EMFILE/ENFILE): this direction copies instead
                     self.mode = RelayMode.COPY
-                    self.buf = bytearray(COPY_BUFFER)
                     self.relay.on_fallback()
                     return self._read()
             return os.splice(self.src_fd, self.pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
-        assert self.buf is not None
         self.start = 0
         if self.mode is RelayMode.COPY:
-            return self.src.recv_into(self.buf)
+            self.buf = _SCRATCH
+            return self.src.recv_into(_SCRATCH)
+        assert self.buf is not None
         data, ancdata, flags, _addr = self.src.recvmsg(COPY_BUFFER, RIGHTS_ANCILLARY)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -208,8 +229,7 @@ class _Direction:
         for fd in self.pipe:
             os.close(fd)
         self.pipe = None
-        self.buf = bytearray(max(COPY_BUFFER, len(pending)))
-        self.buf[: len(pending)] = pending
+        self.buf = bytearray(pending) if pending else None
         self.start = 0
         self.mode = RelayMode.COPY
         self.relay.on_fallback()
@@ -244,7 +264,8 @@ class StreamRelay:
         self.loop = loop or asyncio.get_running_loop()
         self.socks = {Side.CLIENT: client, Side.TARGET: target}
         for sock in self.socks.values():
-            sock.setblocking(False)
+            if sock.gettimeout() != 0.0:  # callers usually made it non-blocking already
+                sock.setblocking(False)
         self.state = RelayState()
         self.closed = False
         self.close_reason = ""

@@ -58,7 +58,7 @@ async def test_thousand_concurrent_connections_then_fds_back_to_baseline(
         if fwd.open_connections(key) == 0:
             break
         await asyncio.sleep(0.01)
-    baseline = fd_count()
+    baseline = fd_count() - fwd.pooled_sockets()  # ready target sockets come and go in batches
 
     host = netns_executor(lab.host.namespaces.net)
     clients = await host.run(lambda: [socket.socket() for _ in range(N)])
@@ -91,5 +91,5 @@ async def test_thousand_concurrent_connections_then_fds_back_to_baseline(
             break
         await asyncio.sleep(0.02)
     assert fwd.open_connections(key) == 0
-    assert fd_count() == baseline
+    assert fd_count() - fwd.pooled_sockets() == baseline
     assert fwd.stats().accepted == N + 1

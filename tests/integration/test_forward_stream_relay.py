@@ -15,7 +15,7 @@ import socket
 import pytest
 
 from lxdproxy.forward.relay_state import Side
-from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
+from lxdproxy.forward.stream_relay import SPLICE_AFTER, RelayMode, StreamRelay
 from tests.integration.test_forward_support import fd_count as _fd_count  # noqa: E402
 
 
@@ -53,12 +53,14 @@ async def test_bulk_both_ways_then_half_close_answer_arrives(mode: RelayMode) ->
     loop = asyncio.get_running_loop()
     p = Pair(mode)
     up = os.urandom(3 * 1024 * 1024 + 17)
+    down = os.urandom(SPLICE_AFTER + 100_000)
 
     async def target_side() -> None:
         # A server that answers only after the client's EOF (LXD's unix relay loses this answer).
         got = await _read_to_eof(p.app_target)
         assert got == up
-        await loop.sock_sendall(p.app_target, b"answer:" + got[:1000])
+        # Bulk back too (over SPLICE_AFTER), so both directions get to splice.
+        await loop.sock_sendall(p.app_target, b"answer:" + got[:1000] + down)
         p.app_target.shutdown(socket.SHUT_WR)
 
     server = asyncio.create_task(target_side())
@@ -66,7 +68,7 @@ async def test_bulk_both_ways_then_half_close_answer_arrives(mode: RelayMode) ->
     p.app_client.shutdown(socket.SHUT_WR)
     answer = await asyncio.wait_for(_read_to_eof(p.app_client), 20)
     await server
-    assert answer == b"answer:" + up[:1000]
+    assert answer == b"answer:" + up[:1000] + down
     assert await asyncio.wait_for(p.closed, 5) == "both directions finished"
     assert p.relay.mode == {side: mode for side in p.relay.mode}
     p.close_apps()
@@ -108,10 +110,23 @@ async def test_splice_einval_falls_back_to_copy_without_losing_bytes() -> None:
     relay.start()
     app_client.setblocking(False)
     app_target.setblocking(False)
-    data = os.urandom(200_000)
-    await loop.sock_sendall(app_client, data)
+    # Past SPLICE_AFTER, so the client direction tries splice (and the target direction, whose
+    # destination is an ordinary socket, splices fine).
+    data = os.urandom(SPLICE_AFTER + 400_000)
+    back = os.urandom(SPLICE_AFTER + 400_000)
+
+    async def send_back() -> None:
+        await loop.sock_sendall(app_target, back)
+        app_target.shutdown(socket.SHUT_WR)
+
+    sender = asyncio.create_task(send_back())
+    receiver = asyncio.create_task(_read_to_eof(app_client))
+    forwarded = asyncio.create_task(_read_to_eof(app_target))
+    await asyncio.wait_for(loop.sock_sendall(app_client, data), 5)
     app_client.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(_read_to_eof(app_target), 5) == data
+    assert await asyncio.wait_for(forwarded, 5) == data
+    await asyncio.wait_for(sender, 5)
+    assert await asyncio.wait_for(receiver, 5) == back
     assert relay.mode[Side.CLIENT] is RelayMode.COPY
     assert relay.mode[Side.TARGET] is RelayMode.SPLICE
     assert relay.fallbacks == 1
@@ -149,7 +164,7 @@ async def test_rights_mode_carries_fds_and_closes_our_copies() -> None:
 
 
 async def test_out_of_fds_for_a_pipe_falls_back_to_copy() -> None:
-    # Pipes are made lazily, on first data; if the process is out of fds by then, that
+    # Pipes are made lazily, after SPLICE_AFTER bytes; if the process is out of fds by then, that
     # direction copies instead of failing the connection.
     loop = asyncio.get_running_loop()
     p = Pair(RelayMode.SPLICE)
@@ -163,13 +178,17 @@ async def test_out_of_fds_for_a_pipe_falls_back_to_copy() -> None:
                 fillers.append(os.open("/dev/null", os.O_RDONLY))
             except OSError:
                 break
-        await loop.sock_sendall(p.app_client, b"no pipe for me")
+        # Past SPLICE_AFTER: that is when the direction wants its pipe.
+        data = os.urandom(SPLICE_AFTER + 300_000)
+        reader = asyncio.create_task(_read_to_eof(p.app_target))
+        await loop.sock_sendall(p.app_client, data)
         p.app_client.shutdown(socket.SHUT_WR)
-        assert await asyncio.wait_for(_read_to_eof(p.app_target), 5) == b"no pipe for me"
+        assert await asyncio.wait_for(reader, 5) == data
     finally:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert p.relay.mode[Side.CLIENT] is RelayMode.COPY
+    assert p.relay.fallbacks == 1
     p.relay.close()
     p.close_apps()
