@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", help=f"comma list, default all of "
                                        f"{','.join([*WORKLOADS, *EXTRA_WORKLOADS])}")
     p.add_argument("--out", type=Path, help="directory for benchmarks.md/.json/.png (default: the "
-                   "full run records into docs/; other sizes into benchmarks/results/<size>/)")
+                   "full run records into docs/ and docs/img/; other sizes into "
+                   "benchmarks/results/<size>/, which git ignores)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         md, js, png = args.out / "benchmarks.md", args.out / "benchmarks.json", args.out / "benchmarks.png"
     elif sizes is FULL or (sizes.name == "full"):
-        md, js, png = (REPO / "docs/benchmarks.md", REPO / "benchmarks/results/full.json",
+        md, js, png = (REPO / "docs/benchmarks.md", REPO / "docs/img/benchmarks.json",
                        REPO / "docs/img/benchmarks.png")
     else:
         out = REPO / "benchmarks/results" / sizes.name
