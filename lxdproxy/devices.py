@@ -5,7 +5,6 @@ else to the asyncio Forwarder, with each side's namespaces taken from the bind s
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,23 +25,16 @@ class RunningDevice:
     nat: bool
 
 
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
 class DeviceRuntime:
     """Which devices run, and how. Not thread safe: used from the daemon's loop only."""
 
     def __init__(self, *, nft_table: str = "lxdproxy", forwarder: Any = None,
-                 nat_applier: Any = None, host_ns: Any = None) -> None:
+                 host_ns: Any = None) -> None:
         """``host_ns`` (a Namespaces) stands for the host side; None = the daemon's own
         namespaces. Tests pass a lab netns so nothing touches the machine's namespace."""
         self.nft_table = nft_table
         self._host_ns = host_ns
         self._forwarder = forwarder
-        self._nat_applier = nat_applier
         self._running: dict[Key, RunningDevice] = {}
 
     # -- lazily built collaborators: the daemon runs without NAT support if nftables is absent
@@ -98,12 +90,6 @@ class DeviceRuntime:
         return self._host_ns.net if self._host_ns is not None else None
 
     async def _start_nat(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
-        if self._nat_applier is not None:  # an injected applier (tests): rules only
-            from lxdproxy.nat.rules import build_nat_ruleset
-
-            await _maybe_await(self._nat_applier.apply(
-                build_nat_ruleset(device, instance, device_name, table=self.nft_table)))
-            return
         try:
             from lxdproxy.nat import runtime as nat_runtime
         except ImportError as exc:
@@ -122,12 +108,6 @@ class DeviceRuntime:
             raise DeviceStartError(f"Failed to apply NAT rules: {exc}") from None
 
     async def _stop_nat(self, rd: RunningDevice, device_name: str) -> None:
-        if self._nat_applier is not None:
-            from lxdproxy.nat.rules import device_label
-
-            await _maybe_await(self._nat_applier.remove(
-                device_label(rd.instance.name, device_name, rd.instance.project)))
-            return
         from lxdproxy.nat import runtime as nat_runtime
 
         await nat_runtime.remove_device(rd.instance.name, device_name, project=rd.instance.project,

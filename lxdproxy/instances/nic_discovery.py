@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 
-from lxdproxy.instances.model import Instance, Nic
+from lxdproxy.instances.model import Instance
 from lxdproxy.netns import Namespaces, netns_executor
 
 log = logging.getLogger(__name__)
@@ -56,5 +56,3 @@ async def with_host_names(instance: Instance, host_net: str | None) -> Instance:
         log.warning("cannot discover host-side NIC names of %s: %s", instance.name, exc)
         return instance
 
-
-__all__ = ["Nic", "with_host_names"]
