@@ -7,6 +7,7 @@ one thread that called setns(CLONE_NEWNET) once; the event loop's own thread nev
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -30,8 +31,6 @@ class NetnsExecutor:
         self._pool: ThreadPoolExecutor | None = None
         if not self._inline:
             # Open now so the namespace stays reachable even if its last process exits.
-            import os
-
             self._fd = os.open(net_path, os.O_RDONLY | os.O_CLOEXEC)
             self._pool = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="netns", initializer=setns,
@@ -59,8 +58,6 @@ class NetnsExecutor:
             self._pool.shutdown(wait=False)
             self._pool = None
         if self._fd is not None:
-            import os
-
             os.close(self._fd)
             self._fd = None
 
