@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 def daemon_available() -> str | None:
     """None when `lxdproxy serve` can run here, else the reason it cannot."""
     try:
-        if importlib.util.find_spec("lxdproxy.daemon_cli") is None:
-            return "lxdproxy.daemon_cli (the `lxdproxy serve` command) is not importable yet"
+        if importlib.util.find_spec("lxdproxy.cli.serve") is None:
+            return "lxdproxy.cli.serve (the `lxdproxy serve` command) is not importable yet"
     except ImportError as exc:
         return f"lxdproxy daemon not importable: {exc}"
     return None
@@ -56,7 +56,7 @@ class LxdproxyDaemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
-        from tests.compat.daemon_helper import start_in_lab_host  # the one way tests start it too
+        from lab.daemon import start_in_lab_host  # the one way tests start it too
 
         argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir)]
         try:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer != "lxdproxy" and not args.strace:
         print("benchmarks.profile: py-spy profiles the lxdproxy daemon only; use --strace", file=sys.stderr)
         return 2
-    from tests.lab import Lab
+    from lab import Lab
 
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "strace" if args.strace else ("native" if args.native else "py")

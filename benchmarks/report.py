@@ -284,7 +284,7 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "",
         "## Setup",
         "",
-        "Everything runs inside the test lab (`tests/lab`), never in the machine's own network namespace: "
+        "Everything runs inside the test lab (`lab`), never in the machine's own network namespace: "
         "a *host* netns with a bridge (198.18.0.1/24) and one *instance* (its own net + mount namespaces, "
         "a veth on the bridge, 198.18.0.11). Servers run in the instance (iperf3 on 5201; a uvloop TCP echo "
         "server with 2 SO_REUSEPORT workers on 7000). Clients run in the host netns. Every proxy listens "

@@ -82,7 +82,7 @@ def _meta(sizes: Sizes) -> dict[str, Any]:
 def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                    workloads_wanted: list[str] | None = None, strict: bool = False,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run everything inside ``lab`` (a tests.lab.Lab); returns the raw results (JSON-ready).
+    """Run everything inside ``lab`` (a lab.Lab); returns the raw results (JSON-ready).
     strict: a failing run raises instead of being recorded as an error (the smoke test uses it)."""
     unavailable = unavailable_peers()
     wanted = peers or report.PEER_ORDER
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = REPO / "benchmarks/results" / sizes.name
         md, js, png = out / "benchmarks.md", out / "benchmarks.json", out / "benchmarks.png"
-    from tests.lab import Lab
+    from lab import Lab
 
     with Lab() as lab:
         results = run_benchmarks(lab, sizes, peers=args.peers.split(",") if args.peers else None,

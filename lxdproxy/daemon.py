@@ -22,9 +22,9 @@ from aiohttp import web
 
 from lxdproxy.api.app import create_app
 from lxdproxy.api.operations import OperationRegistry
-from lxdproxy.api.service import InstanceService
-from lxdproxy.devices import DeviceRuntime
 from lxdproxy.errors import NotSupportedError
+from lxdproxy.manager.runtime import DeviceRuntime
+from lxdproxy.manager.service import InstanceService
 from lxdproxy.store import Store
 
 log = logging.getLogger("lxdproxy.daemon")
@@ -156,7 +156,7 @@ class Daemon:
 
     def _tls(self) -> tuple[Any, Any, dict[str, Any]]:
         try:
-            from lxdproxy import tls  # type: ignore[attr-defined]
+            from lxdproxy.api import tls  # type: ignore[attr-defined]
 
             ssl_ctx = tls.server_ssl_context(self.config.state_dir)
             trust = tls.TrustStore(self.config.state_dir)

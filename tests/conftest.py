@@ -16,7 +16,7 @@ def _need_root() -> None:
 @pytest.fixture
 def lab() -> Iterator[Lab]:  # noqa: F821
     _need_root()
-    from tests.lab import Lab
+    from lab import Lab
 
     with Lab() as built:
         yield built

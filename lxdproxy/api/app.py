@@ -24,15 +24,15 @@ from lxdproxy.api.instance_filter import matches, parse_filter
 from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
-from lxdproxy.api.service import InstanceService
 from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
+from lxdproxy.manager.service import InstanceService
 
 log = logging.getLogger("lxdproxy.api")
 
 SERVICE = web.AppKey("service", InstanceService)
 OPS = web.AppKey("ops", OperationRegistry)
 INFO = web.AppKey("info", dict)  # keyword arguments for server_info()
-TRUST = web.AppKey("trust", object)  # lxdproxy.tls.TrustStore or None
+TRUST = web.AppKey("trust", object)  # lxdproxy.api.tls.TrustStore or None
 EVENTS = web.AppKey("events", EventHub)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

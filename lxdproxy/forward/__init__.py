@@ -1,6 +1,6 @@
 """asyncio data plane: listeners, stream relay (splice + copy), datagram relay, device runtime.
 
-``from lxdproxy.forward import Forwarder`` (imported lazily, so ``lxdproxy.forward.datagram`` and
+``from lxdproxy.forward import Forwarder`` (imported lazily, so ``lxdproxy.forward.udp.listener`` and
 the relay modules stay importable on their own).
 """
 

@@ -15,13 +15,13 @@ import socket
 from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
-from lxdproxy.forward.datagram import UdpListenerRelay, relay_stream_to_datagram
-from lxdproxy.forward.datagram_log import RateLimitedLog
 from lxdproxy.forward.endpoints import ConnectFailed, Endpoints
 from lxdproxy.forward.plan import DevicePlan, HeaderKind, ListenSpec, RelayKind
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
+from lxdproxy.forward.udp.listener import UdpListenerRelay, relay_stream_to_datagram
 from lxdproxy.netns import Namespaces
-from lxdproxy.proto.proxy_header import Command, Transport, encode_v1, encode_v2, netns_tlv
+from lxdproxy.proxy_protocol.codec import Command, Transport, encode_v1, encode_v2, netns_tlv
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from lxdproxy.config.model import ConnType, ProxyDevice, ProxyProtocol
-from lxdproxy.proto.port_map import map_ports
+from lxdproxy.config.port_map import map_ports
 
 
 class PlanError(Exception):

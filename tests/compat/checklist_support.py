@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.daemon_helper import start_in_lab_host
+from lab.daemon import start_in_lab_host
 
 REPO = Path(__file__).resolve().parents[2]
 # Override to run the checklist against another build (e.g. a mutated copy, to see it go red).

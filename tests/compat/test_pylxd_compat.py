@@ -9,7 +9,7 @@ import pytest
 from pylxd import Client
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from tests.compat.daemon_helper import RunningDaemon, eventually_roundtrip, roundtrip
+from lab.daemon import RunningDaemon, eventually_roundtrip, roundtrip
 
 pytestmark = pytest.mark.lab
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from lab.traffic import roundtrip as lab_roundtrip
 from lxdproxy.api.app import create_app
-from lxdproxy.api.service import InstanceService
-from lxdproxy.devices import DeviceRuntime
 from lxdproxy.instances.local import LocalBackend
+from lxdproxy.manager.runtime import DeviceRuntime
+from lxdproxy.manager.service import InstanceService
 from lxdproxy.store import Store
-from tests.lab.traffic import roundtrip as lab_roundtrip
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 PROXY = {"type": "proxy", "listen": "tcp:198.18.0.1:7000", "connect": "tcp:127.0.0.1:9000"}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab
+from lab.traffic import roundtrip
 from lxdproxy.cli import main
-from lxdproxy.client import ApiError, DaemonClient
-from tests.lab import Lab
-from tests.lab.traffic import roundtrip
+from lxdproxy.cli.api_client import ApiError, DaemonClient
 
 pytestmark = pytest.mark.lab
 

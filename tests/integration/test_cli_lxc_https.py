@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
+from lxdproxy.api.tls import TrustStore, generate_self_signed
 from lxdproxy.cli import main
-from lxdproxy.tls import TrustStore, generate_self_signed
 from tests.integration.test_cli_daemon import start_daemon
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc]

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from lxdproxy.api.tls import TrustStore, certificate_fingerprint, generate_self_signed
 from lxdproxy.cli import main
-from lxdproxy.client_cli import devices_yaml, parse_set_arguments, yaml_scalar
-from lxdproxy.tls import TrustStore, certificate_fingerprint, generate_self_signed
+from lxdproxy.cli.config_commands import devices_yaml, parse_set_arguments, yaml_scalar
 
 ENVELOPE = {"type": "sync", "status": "Success", "status_code": 200, "operation": "",
             "error_code": 0, "error": ""}

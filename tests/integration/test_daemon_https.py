@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lxdproxy.tls import TrustStore, generate_self_signed
-from tests.compat.daemon_helper import LXDPROXY, NFT_TABLE, roundtrip
+from lab.daemon import LXDPROXY, NFT_TABLE, roundtrip
+from lxdproxy.api.tls import TrustStore, generate_self_signed
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]

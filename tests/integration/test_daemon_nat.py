@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pylxd import Client
 
-from tests.compat.daemon_helper import NFT_TABLE, RunningDaemon, eventually_roundtrip, roundtrip
+from lab.daemon import NFT_TABLE, RunningDaemon, eventually_roundtrip, roundtrip
 
 pytestmark = pytest.mark.lab
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pylxd import Client
 
-from tests.compat.daemon_helper import (
+from lab.daemon import (
     LXDPROXY,
     NFT_TABLE,
     RunningDaemon,

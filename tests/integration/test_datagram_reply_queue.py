@@ -13,8 +13,8 @@ import socket
 
 import pytest
 
-from lxdproxy.forward.datagram_log import RateLimitedLog
-from lxdproxy.forward.datagram_reply import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
 from tests.integration.test_datagram_support import run
 
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from lxdproxy.forward.datagram import relay_stream_to_datagram
-from lxdproxy.proto.proxy_header import Transport, encode_v2, parse_header
+from lxdproxy.forward.udp.listener import relay_stream_to_datagram
+from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
 from tests.integration.test_datagram_support import UdpRecorder, open_fds, run, wait_until
 
 pytestmark = pytest.mark.lab

@@ -13,8 +13,8 @@ import socket
 
 import pytest
 
-from lxdproxy.forward.datagram import UdpListenerRelay
-from lxdproxy.proto.proxy_header import Transport, encode_v2, parse_header
+from lxdproxy.forward.udp.listener import UdpListenerRelay
+from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
 from tests.integration.test_datagram_support import UdpRecorder, run, target_opener
 
 pytestmark = pytest.mark.lab

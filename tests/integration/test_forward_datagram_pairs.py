@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab
 from lxdproxy.forward import Forwarder
-from lxdproxy.proto.proxy_header import Transport, parse_header
+from lxdproxy.proxy_protocol.codec import Transport, parse_header
 from tests.integration.test_forward_support import proxy, roundtrip, started
-from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 

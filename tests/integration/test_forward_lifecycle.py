@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from lab import Lab
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward import Forwarder
 from lxdproxy.netns import netns_executor
 from tests.integration.test_forward_support import fd_count, proxy, roundtrip, started
-from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 

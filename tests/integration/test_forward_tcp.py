@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from lab import Lab
 from lxdproxy.forward import Forwarder
 from tests.integration.test_forward_support import proxy, roundtrip, started
-from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 

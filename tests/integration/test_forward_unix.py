@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab, _wait_ready
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward import Forwarder
 from tests.integration.test_forward_support import fd_count, proxy, roundtrip, started
-from tests.lab import Lab, _wait_ready
 
 pytestmark = pytest.mark.lab
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import Hook, build_nat_ruleset
 from lxdproxy.nat.runtime import apply_device, remove_device
-from tests.lab import Lab
 from tests.unit.nat_helpers import C1, instance, nat_device
 
 pytestmark = pytest.mark.lab

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
+from lab import Lab
+from lab import LabInstance as LabInst
 from lxdproxy.instances.model import Instance, Nic
 from lxdproxy.nat.runtime import apply_device, remove_device
-from tests.lab import Lab
-from tests.lab import LabInstance as LabInst
 from tests.unit.nat_helpers import nat_device
 
 pytestmark = pytest.mark.lab

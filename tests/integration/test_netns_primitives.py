@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
+from lab import Lab
 from lxdproxy.netns import NamespaceHelper, netns_executor
-from tests.lab import Lab
 
 pytestmark = pytest.mark.lab
 

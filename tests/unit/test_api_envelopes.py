@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lxdproxy.api.device_writes import from_patch, from_put, plan_changes, validate_devices
 from lxdproxy.api.envelopes import async_body, check_if_match, error_body, etag_of, sync_body
 from lxdproxy.api.operations import OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.config import validate_proxy_device
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError
+from lxdproxy.manager.writes import from_patch, from_put, plan_changes, validate_devices
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
 
 
 class _Clock:

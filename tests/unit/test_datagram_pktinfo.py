@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from lxdproxy.forward.datagram_pktinfo import (
+from lxdproxy.forward.udp.pktinfo import (
     IP_PKTINFO,
     is_wildcard,
     parse_pktinfo,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lxdproxy.proto.proxy_header import (
+from lxdproxy.proxy_protocol.codec import (
     V2_SIGNATURE,
     ProxyHeaderError,
     ProxyHeaderParser,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lxdproxy.proto.proxy_header import (
+from lxdproxy.proxy_protocol.codec import (
     V1_MAX_LENGTH,
     Command,
     Family,

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lxdproxy.proto.crc32c import crc32c
-from lxdproxy.proto.proxy_header import (
+from lxdproxy.proxy_protocol.codec import (
     V2_SIGNATURE,
     Command,
     Family,
@@ -23,6 +22,7 @@ from lxdproxy.proto.proxy_header import (
     netns_tlv,
     parse_header,
 )
+from lxdproxy.proxy_protocol.crc32c import crc32c
 
 ports = st.integers(0, 65535)
 ipv4 = st.ip_addresses(v=4).map(str)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lxdproxy.proto.port_map import contiguous_runs, map_ports
+from lxdproxy.config.port_map import contiguous_runs, map_ports
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lxdproxy.proto.udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
+from lxdproxy.forward.udp.sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
 
 class FakeClock:

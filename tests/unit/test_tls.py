@@ -16,8 +16,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdproxy.errors import ConfigError, LxdError, NotFoundError
-from lxdproxy.tls import (
+from lxdproxy.api.tls import (
     TrustStore,
     certificate_fingerprint,
     certificate_pem,
@@ -26,6 +25,7 @@ from lxdproxy.tls import (
     peer_certificate_der,
     server_ssl_context,
 )
+from lxdproxy.errors import ConfigError, LxdError, NotFoundError
 
 
 def write_client_cert(tmp: Path, name: str = "client") -> tuple[Path, Path]:

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.lab import Lab
-from tests.lab.traffic import roundtrip
+from lab import Lab
+from lab.traffic import roundtrip
 
 pytestmark = pytest.mark.lab
 

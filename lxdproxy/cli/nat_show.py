@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lxdproxy.config.cli import parse_key_values
+from lxdproxy.cli.validate import parse_key_values
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import LxdError
 from lxdproxy.instances.model import Instance, Nic

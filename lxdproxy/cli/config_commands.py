@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Any
 
-from lxdproxy.client import ApiError, DaemonClient, default_socket, path_segment
+from lxdproxy.cli.api_client import ApiError, DaemonClient, default_socket, path_segment
 
 WRITABLE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
                  "description")
@@ -281,7 +281,7 @@ def run_trust(args: argparse.Namespace) -> int:
         raise CliError("Missing trust command (add, list, remove)")
     if args.state_dir:
         # Direct mode: the daemon re-reads the trust file when it changes.
-        from lxdproxy.tls import TrustStore
+        from lxdproxy.api.tls import TrustStore
 
         store = TrustStore(args.state_dir)
         if cmd == "add":
@@ -307,7 +307,7 @@ def _run_trust_api(client: DaemonClient, args: argparse.Namespace) -> int:
     if cmd == "add":
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        from lxdproxy.tls import load_certificate
+        from lxdproxy.api.tls import load_certificate
 
         der = load_certificate(args.cert_file).public_bytes(Encoding.DER)
         body: dict[str, Any] = {"type": "client", "certificate": base64.b64encode(der).decode()}

@@ -1,5 +1,5 @@
 """The data plane's datagram side: udp->udp sessions here, stream (tcp/unix) -> udp relays in
-``datagram_stream`` (re-exported: ``from lxdproxy.forward.datagram import
+``datagram_stream`` (re-exported: ``from lxdproxy.forward.udp.listener import
 relay_stream_to_datagram``).
 
 Both run on the daemon's one event loop with ``loop.add_reader`` callbacks that drain their
@@ -27,18 +27,18 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from lxdproxy.forward.datagram_log import RateLimitedLog
-from lxdproxy.forward.datagram_pktinfo import (
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.pktinfo import (
     ANCBUF_SIZE,
     enable_pktinfo,
     is_wildcard,
     parse_pktinfo,
     pktinfo_bytes,
 )
-from lxdproxy.forward.datagram_reply import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
-from lxdproxy.forward.datagram_session import UdpClientSession
-from lxdproxy.forward.datagram_stream import relay_stream_to_datagram
-from lxdproxy.proto.udp_sessions import UdpSessionTable
+from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
+from lxdproxy.forward.udp.session import UdpClientSession
+from lxdproxy.forward.udp.sessions import UdpSessionTable
+from lxdproxy.forward.udp.stream_bridge import relay_stream_to_datagram
 
 log = logging.getLogger(__name__)
 

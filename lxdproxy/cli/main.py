@@ -11,11 +11,11 @@ import sys
 
 # subcommand -> (module, help). Modules are imported lazily so `lxdproxy validate` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("lxdproxy.daemon_cli", "run the daemon (API, store, device runtime)"),
-    "validate": ("lxdproxy.config.cli", "validate a proxy device config the way LXD does"),
-    "nat": ("lxdproxy.nat.cli", "NAT helpers (nat show: the nft commands a device would produce)"),
-    "config": ("lxdproxy.client_cli", "lxc-style device commands against a running daemon"),
-    "instance": ("lxdproxy.client_cli_instance", "register local instances with a running daemon"),
+    "serve": ("lxdproxy.cli.serve", "run the daemon (API, store, device runtime)"),
+    "validate": ("lxdproxy.cli.validate", "validate a proxy device config the way LXD does"),
+    "nat": ("lxdproxy.cli.nat_show", "NAT helpers (nat show: the nft commands a device would produce)"),
+    "config": ("lxdproxy.cli.config_commands", "lxc-style device commands against a running daemon"),
+    "instance": ("lxdproxy.cli.instance_commands", "register local instances with a running daemon"),
 }
 
 

@@ -15,17 +15,8 @@ import dataclasses
 import logging
 from typing import Any
 
-from lxdproxy.api.device_writes import (
-    Desired,
-    from_patch,
-    from_put,
-    nics_of,
-    plan_changes,
-    validate_devices,
-)
 from lxdproxy.api.envelopes import check_if_match, etag_of
 from lxdproxy.config.model import InstanceType, ProxyDevice
-from lxdproxy.devices import DeviceRuntime, RunningDevice
 from lxdproxy.errors import (
     ConfigError,
     DeviceStartError,
@@ -36,6 +27,15 @@ from lxdproxy.errors import (
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import nics_from_devices
 from lxdproxy.instances.model import Instance
+from lxdproxy.manager.runtime import DeviceRuntime, RunningDevice
+from lxdproxy.manager.writes import (
+    Desired,
+    from_patch,
+    from_put,
+    nics_of,
+    plan_changes,
+    validate_devices,
+)
 from lxdproxy.store import Store
 
 log = logging.getLogger("lxdproxy.service")

@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from lxdproxy.client import ApiError, DaemonClient, default_socket, path_segment
-from lxdproxy.client_cli import CliError
+from lxdproxy.cli.api_client import ApiError, DaemonClient, default_socket, path_segment
+from lxdproxy.cli.config_commands import CliError
 
 PID_KEY = "user.lxdproxy.pid"
 NETNS_KEY = "user.lxdproxy.netns"

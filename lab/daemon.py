@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
 NFT_TABLE = "lxdproxytest"
 
@@ -65,4 +65,4 @@ class RunningDaemon:
         return {**os.environ, "LXD_CONF": str(conf_dir), "LXD_SOCKET": str(self.socket)}
 
 
-from tests.lab.traffic import eventually_roundtrip, roundtrip, unix_roundtrip  # noqa: E402,F401 - re-exported
+from lab.traffic import eventually_roundtrip, roundtrip, unix_roundtrip  # noqa: E402,F401 - re-exported

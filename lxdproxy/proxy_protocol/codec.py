@@ -10,8 +10,8 @@ import ipaddress
 import os
 from collections.abc import Iterable, Sequence
 
-from lxdproxy.proto.crc32c import crc32c
-from lxdproxy.proto.header_model import (
+from lxdproxy.proxy_protocol.crc32c import crc32c
+from lxdproxy.proxy_protocol.model import (
     UNIX_PATH_LENGTH,
     V1_MAX_LENGTH,
     V1_UNKNOWN,
@@ -30,7 +30,7 @@ from lxdproxy.proto.header_model import (
     Transport,
     netns_tlv,
 )
-from lxdproxy.proto.header_parser import ProxyHeaderParser, parse_header
+from lxdproxy.proxy_protocol.parser import ProxyHeaderParser, parse_header
 
 __all__ = [
     "V1_MAX_LENGTH",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from collections import deque
 
-from lxdproxy.forward.datagram_pktinfo import Cmsg
-from lxdproxy.proto.udp_sessions import UdpSession
+from lxdproxy.forward.udp.pktinfo import Cmsg
+from lxdproxy.forward.udp.sessions import UdpSession
 
 
 class UdpClientSession:

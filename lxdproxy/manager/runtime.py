@@ -13,7 +13,7 @@ from lxdproxy.config.model import BindSide, ProxyDevice
 from lxdproxy.errors import DeviceStartError, LxdError, NotSupportedError
 from lxdproxy.instances.model import Instance
 
-log = logging.getLogger("lxdproxy.devices")
+log = logging.getLogger("lxdproxy.manager.runtime")
 
 Key = tuple[str, str]  # (instance name, device name)
 

@@ -29,7 +29,7 @@ from pyroute2 import NetNS, netns
 
 from lxdproxy.netns import Namespaces, netns_executor, release_netns_executor
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOST_V4, HOST_V6 = "198.18.0.1", "fd42::1"
 
 
@@ -269,7 +269,7 @@ class Lab:
 
     # -- helpers ---------------------------------------------------------------------------------
     def echo(self, where: _Place, proto: str, addr: str, *ports: int | str, **opts: Any) -> subprocess.Popen[Any]:
-        """Start tests.lab.echo in ``where`` and wait until it listens."""
+        """Start lab.echo in ``where`` and wait until it listens."""
         args = [proto, addr, *map(str, ports)]
         for key, value in opts.items():
             flag = "--" + key.replace("_", "-")
@@ -277,7 +277,7 @@ class Lab:
                 args.append(flag)
             elif value not in (False, None):
                 args += [flag, str(value)]
-        proc = where.python(str(REPO / "tests" / "lab" / "echo.py"), *args, stdout=subprocess.PIPE)
+        proc = where.python(str(REPO / "lab" / "echo.py"), *args, stdout=subprocess.PIPE)
         _wait_ready(proc, f"echo {proto} {addr} {ports}")
         return proc
 

@@ -11,8 +11,8 @@ import ipaddress
 import os
 import re
 
-from lxdproxy.proto.crc32c import crc32c
-from lxdproxy.proto.header_model import (
+from lxdproxy.proxy_protocol.crc32c import crc32c
+from lxdproxy.proxy_protocol.model import (
     UNIX_PATH_LENGTH,
     V1_MAX_LENGTH,
     V2_ADDRESS_LENGTHS,

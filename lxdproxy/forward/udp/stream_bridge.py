@@ -18,9 +18,9 @@ import select
 import socket
 from collections import deque
 
-from lxdproxy.forward.datagram_log import RateLimitedLog
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
 
-log = logging.getLogger("lxdproxy.forward.datagram")
+log = logging.getLogger("lxdproxy.forward.udp.listener")
 
 MAX_DATAGRAM = 65536
 # The largest UDP payload: one stream chunk (plus header) must fit in one datagram.

@@ -12,8 +12,8 @@ import errno
 import socket
 from collections import deque
 
-from lxdproxy.forward.datagram_log import RateLimitedLog
-from lxdproxy.forward.datagram_pktinfo import Cmsg
+from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.pktinfo import Cmsg
 
 # Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
 # as the kernel would drop them).

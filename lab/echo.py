@@ -1,4 +1,4 @@
-"""A small echo server for lab tests: ``python -m tests.lab.echo PROTO ADDR [PORT...] [options]``.
+"""A small echo server for lab tests: ``python -m lab.echo PROTO ADDR [PORT...] [options]``.
 
 PROTO is tcp, udp, unix (stream) or unixgram; ADDR an IP (``::`` / ``0.0.0.0`` for any) or a unix
 path (``@name`` for abstract). Prints READY once every socket listens. Stream connections: echo

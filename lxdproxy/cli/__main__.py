@@ -1,0 +1,5 @@
+import sys
+
+from lxdproxy.cli.main import main
+
+sys.exit(main())

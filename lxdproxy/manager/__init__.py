@@ -1,0 +1,1 @@
+"""The device manager: validate -> diff -> apply -> persist -> reconcile (no HTTP)."""

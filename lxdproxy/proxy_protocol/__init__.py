@@ -1,0 +1,1 @@
+"""PROXY protocol v1/v2: encode, incremental parse (pure, no I/O)."""
