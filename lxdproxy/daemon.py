@@ -1,4 +1,4 @@
-"""The daemon: store + instance backend + device runtime + API, on one asyncio loop.
+"""The composition root: one DaemonConfig -> store + backend + data plane + NAT + manager + API.
 
 Start order: open the store, pick the backend, reconcile (every stored proxy device of every
 running instance is realised; failures are logged, not fatal), then listen. Stop order: stop
@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import socket
 import stat
 from dataclasses import dataclass
@@ -20,14 +21,21 @@ from typing import Any
 
 from aiohttp import web
 
+from lxdproxy.api import tls
 from lxdproxy.api.app import create_app
-from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
+from lxdproxy.forward.forwarder import Forwarder
+from lxdproxy.instances.backend import InstanceBackend
+from lxdproxy.instances.local import LocalBackend
+from lxdproxy.instances.lxd import LxdBackend
 from lxdproxy.manager.runtime import DeviceRuntime
-from lxdproxy.manager.service import InstanceService
+from lxdproxy.manager.service import DeviceManager
+from lxdproxy.nat.rules import DEFAULT_TABLE
+from lxdproxy.nat.runtime import NatRuntime
+from lxdproxy.netns import Namespaces
 from lxdproxy.store import Store
 
-log = logging.getLogger("lxdproxy.daemon")
+log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/lxdproxy")
 
@@ -38,14 +46,22 @@ class DaemonError(Exception):
 
 @dataclass(frozen=True)
 class DaemonConfig:
+    """Every tunable of the daemon, with its default, in one place."""
+
     state_dir: Path = DEFAULT_STATE_DIR
     socket_path: Path | None = None  # default: <state_dir>/unix.socket
     socket_mode: int = 0o660
     https: tuple[str, int] | None = None
     lxd: str | None = None  # LXD unix socket path or URL: use the LXD backend
-    nft_table: str = "lxdproxy"
-    poll_interval: float = 1.0
+    nft_table: str = DEFAULT_TABLE
+    host_netns: str | None = None  # what stands for "the host": a named netns or nsfs path
+    local_poll_interval: float = 1.0  # local instances: pid/netns liveness poll (pidfd wakes too)
+    lxd_poll_interval: float = 2.0  # LXD backend: instance list poll
     nat_repair_interval: float = 10.0  # seconds between checks that our NAT rules still exist
+    device_retry_interval: float = 5.0  # retrying stored devices that failed to start
+    connect_timeout: float = 10.0  # dialing a proxy target
+    udp_idle_timeout: float = 1800.0  # LXD's 30 minutes
+    use_uvloop: bool = True
 
     @property
     def unix_socket(self) -> Path:
@@ -57,18 +73,6 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise DaemonError(f"Invalid --https address {text!r}: expected HOST:PORT")
     return host.strip("[]") or "::", int(port)
-
-
-def _make_backend(config: DaemonConfig, store: Store) -> Any:
-    if config.lxd:
-        try:
-            from lxdproxy.instances.lxd import LxdBackend  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise DaemonError(f"--lxd is not supported in this build: {exc}") from None
-        return LxdBackend(config.lxd)
-    from lxdproxy.instances.local import LocalBackend
-
-    return LocalBackend(store, poll_interval=config.poll_interval)
 
 
 def _claim_socket_path(path: Path) -> None:
@@ -90,18 +94,48 @@ def _claim_socket_path(path: Path) -> None:
         probe.close()
 
 
+@dataclass
+class Components:
+    """What the root builds; tests build theirs through ``build_components`` too."""
+
+    store: Store
+    backend: InstanceBackend
+    runtime: DeviceRuntime
+    manager: DeviceManager
+
+    async def close(self) -> None:
+        await self.manager.close()
+        await self.runtime.stop_all()
+        await self.runtime.nat.close()
+        await self.backend.close()
+        self.store.close()
+
+
+def build_components(config: DaemonConfig, store: Store) -> Components:
+    """Everything below the API, wired from ``config`` (call with a running loop)."""
+    backend: InstanceBackend
+    if config.lxd:
+        backend = LxdBackend(config.lxd, store, poll_interval=config.lxd_poll_interval)
+    else:
+        backend = LocalBackend(store, poll_interval=config.local_poll_interval)
+    host_ns = Namespaces.of_netns(config.host_netns) if config.host_netns else None
+    nat = NatRuntime(net_path=host_ns.net if host_ns else None, table=config.nft_table,
+                     repair_interval=config.nat_repair_interval)
+    forwarder = Forwarder(connect_timeout=config.connect_timeout,
+                          udp_idle_timeout=config.udp_idle_timeout)
+    runtime = DeviceRuntime(forwarder, nat, host_ns=host_ns)
+    manager = DeviceManager(backend, runtime, retry_interval=config.device_retry_interval)
+    return Components(store, backend, runtime, manager)
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.store: Store | None = None
-        self.backend: Any = None
-        self.runtime: DeviceRuntime | None = None
-        self.service: InstanceService | None = None
+        self.components: Components | None = None
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
-        self._nat_repair: asyncio.Task[None] | None = None
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -121,19 +155,17 @@ class Daemon:
             cfg.state_dir.mkdir(parents=True, mode=0o711)
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
-        self.store = Store(cfg.state_dir / "lxdproxy.db")
-        self.backend = _make_backend(cfg, self.store)
-        self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
-        self.service = InstanceService(self.backend, self.store, self.runtime)
-        if not await self.service.reconcile():
+        self.components = components = build_components(cfg, Store(cfg.state_dir / "lxdproxy.db"))
+        if not await components.manager.reconcile():
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
             self._retry = asyncio.get_running_loop().create_task(
-                self.service.reconcile_until_done())
+                components.manager.reconcile_until_done())
 
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
-            trust, ssl_ctx, info = self._tls()
-        app = create_app(self.service, OperationRegistry(), info=info, trust=trust)
+            trust, ssl_ctx, info = self._tls(cfg.https)
+        app = create_app(components.manager, info={"backend_kind": components.backend.kind, **info},
+                         trust=trust)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
 
@@ -149,58 +181,39 @@ class Daemon:
             host, port = cfg.https
             await web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx).start()
         # Re-apply NAT rules that vanished behind our back (e.g. `nft flush ruleset`).
-        from lxdproxy.nat import runtime as nat_runtime
+        components.runtime.nat.start_repair()
+        components.manager.start_retrying()
 
-        self._nat_repair = asyncio.get_running_loop().create_task(
-            nat_runtime.watch(cfg.nat_repair_interval))
-
-    def _tls(self) -> tuple[Any, Any, dict[str, Any]]:
-        try:
-            from lxdproxy.api import tls  # type: ignore[attr-defined]
-
-            ssl_ctx = tls.server_ssl_context(self.config.state_dir)
-            trust = tls.TrustStore(self.config.state_dir)
-        except (ImportError, AttributeError) as exc:
-            raise DaemonError(f"--https is not supported in this build: {exc}") from None
-        info: dict[str, Any] = {}
-        pem_fn = getattr(tls, "server_certificate_pem", None)
-        if callable(pem_fn):
-            info["certificate_pem"] = pem_fn(self.config.state_dir)
-        fp_fn = getattr(tls, "server_certificate_fingerprint", None)
-        if callable(fp_fn):
-            info["certificate_fingerprint"] = fp_fn(self.config.state_dir)
-        host, port = self.config.https  # type: ignore[misc]
-        info["addresses"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        return trust, ssl_ctx, info
+    def _tls(self, address: tuple[str, int]) -> tuple[tls.TrustStore, Any, dict[str, Any]]:
+        state_dir = self.config.state_dir
+        ssl_ctx = tls.server_ssl_context(state_dir)
+        host, port = address
+        info = {
+            "certificate_pem": tls.certificate_pem(state_dir),
+            "certificate_fingerprint": tls.server_certificate_fingerprint(state_dir),
+            "addresses": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        }
+        return tls.TrustStore(state_dir), ssl_ctx, info
 
     async def stop(self) -> None:
-        for task in (self._retry, self._nat_repair):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self._own_socket:
             with contextlib.suppress(FileNotFoundError):
                 self.config.unix_socket.unlink()
-        if self.service is not None:
-            await self.service.close()
-        if self.runtime is not None:
-            await self.runtime.stop_all()
-        if self.backend is not None:
-            await self.backend.close()
-        if self.store is not None:
-            self.store.close()
+        if self.components is not None:
+            await self.components.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
 
 async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop_event``), then stop every device cleanly."""
-    import signal
-
     stop_event = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -218,3 +231,13 @@ async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -
         raise DaemonError(exc.message) from None
     finally:
         await daemon.stop()
+
+
+def run(config: DaemonConfig) -> None:
+    """Run ``serve`` on the configured event loop."""
+    if config.use_uvloop:
+        import uvloop
+
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))

@@ -1,4 +1,4 @@
-"""The aiohttp application: LXD REST routes (spec lxd-rest-api.md §8) over InstanceService.
+"""The aiohttp application: LXD REST routes (spec lxd-rest-api.md §8) over the DeviceManager.
 
 Every error becomes an LXD error envelope here, in one place.
 """
@@ -14,22 +14,24 @@ from aiohttp import web
 
 from lxdproxy.api.envelopes import (
     async_response,
+    check_if_match,
     error_response,
     etag_of,
     lxd_error_response,
     sync_response,
 )
 from lxdproxy.api.events import EventHub
+from lxdproxy.api.instance_bodies import create_body, patch_body, put_body
 from lxdproxy.api.instance_filter import matches, parse_filter
 from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
 from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
-from lxdproxy.manager.service import InstanceService
+from lxdproxy.manager.service import DeviceManager, Precondition
 
 log = logging.getLogger("lxdproxy.api")
 
-SERVICE = web.AppKey("service", InstanceService)
+MANAGER = web.AppKey("manager", DeviceManager)
 OPS = web.AppKey("ops", OperationRegistry)
 INFO = web.AppKey("info", dict)  # keyword arguments for server_info()
 TRUST = web.AppKey("trust", object)  # lxdproxy.api.tls.TrustStore or None
@@ -116,26 +118,31 @@ async def get_server(request: web.Request) -> web.Response:
 
 # -- instances --------------------------------------------------------------------------------
 
-async def _full(service: InstanceService, name: str) -> dict[str, Any]:
-    rec = await service.record(name)
+def _if_match(request: web.Request) -> Precondition:
+    header = request.headers.get("If-Match")
+    return lambda record: check_if_match(header, etag_of(record))
+
+
+async def _full(manager: DeviceManager, name: str) -> dict[str, Any]:
+    rec = await manager.record(name)
     rec["backups"] = []
-    rec["state"] = await service.backend.get_state(name)
+    rec["state"] = await manager.state(name)
     rec["snapshots"] = []
     return rec
 
 
 async def list_instances(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     recursion = _recursion(request)
     wanted_type = request.query.get("instance-type")
     clauses = parse_filter(request.query.get("filter", ""))
-    names = sorted(await service.names())
+    names = sorted(await manager.names())
     if recursion <= 0 and not wanted_type and not clauses:
         return sync_response([f"/1.0/instances/{n}" for n in names])
     records = []
     for name in names:
         try:
-            rec = await (_full(service, name) if recursion >= 2 else service.record(name))
+            rec = await (_full(manager, name) if recursion >= 2 else manager.record(name))
         except NotFoundError:
             continue  # deleted meanwhile
         if wanted_type and rec.get("type") != wanted_type:
@@ -149,10 +156,10 @@ async def list_instances(request: web.Request) -> web.Response:
 
 
 async def create_instance(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    body = decode_object(await request.read(), "api.InstancesPost")
+    manager = request.app[MANAGER]
+    body = create_body(await request.read())
     try:
-        name = await service.create(body)
+        name = await manager.create(body)
         err = ""
     except DeviceStartError as exc:
         name, err = str(body.get("name")), exc.message
@@ -164,23 +171,23 @@ async def create_instance(request: web.Request) -> web.Response:
 
 
 async def get_instance(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
-    rec = await service.record(name)
+    rec = await manager.record(name)
     etag = etag_of(rec)
     if _recursion(request) >= 1:
-        rec = await _full(service, name)
+        rec = await _full(manager, name)
     return sync_response(rec, etag=etag)
 
 
 async def put_instance(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
-    body = decode_object(await request.read())
+    update, body = put_body(await request.read())
     if body.get("restore"):
         raise NotSupportedError("Snapshots are not supported by lxdproxy")
     try:
-        await service.put(name, body, request.headers.get("If-Match"))
+        await manager.put(name, update, _if_match(request))
         err = ""
     except DeviceStartError as exc:
         # LXD reports start failures of a PUT through the operation (202 + Failure).
@@ -192,33 +199,32 @@ async def put_instance(request: web.Request) -> web.Response:
 
 
 async def patch_instance(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
-    body = decode_object(await request.read())
-    await service.patch(name, body, request.headers.get("If-Match"))
+    await manager.patch(name, patch_body(await request.read()), _if_match(request))
     request.app[EVENTS].lifecycle("instance-updated", name)
     return sync_response({})
 
 
 async def delete_instance(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
-    await service.delete(name)
+    await manager.delete(name)
     op = _finished(request, "Deleting instance", name)
     request.app[EVENTS].lifecycle("instance-deleted", name)
     return async_response(op.url, op.to_json())
 
 
 async def post_instance(request: web.Request) -> web.Response:
-    await request.app[SERVICE].record(request.match_info["name"])  # 404 first, like LXD
+    await request.app[MANAGER].record(request.match_info["name"])  # 404 first, like LXD
     raise NotSupportedError("Renaming or migrating instances is not supported by lxdproxy")
 
 
 async def get_instance_state(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
-    await service.record(name)
-    return sync_response(await service.backend.get_state(name))
+    await manager.record(name)
+    return sync_response(await manager.state(name))
 
 
 STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
@@ -228,12 +234,12 @@ STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
 async def put_instance_state(request: web.Request) -> web.Response:
     """Local instances: stop/start/restart switch lxdproxy's handling (devices off/on); the
     process itself is never signalled. That is what ``lxc delete -f`` needs too."""
-    service = request.app[SERVICE]
+    manager = request.app[MANAGER]
     name = request.match_info["name"]
     body = decode_object(await request.read(), "api.InstanceStatePut")
     action = body.get("action") if isinstance(body.get("action"), str) else ""
     try:
-        await service.change_state(name, action)
+        await manager.change_state(name, action)
         err = ""
     except DeviceStartError as exc:
         err = exc.message
@@ -279,7 +285,7 @@ async def delete_operation(request: web.Request) -> web.Response:
 # -- profiles (read-only: one empty default profile) -------------------------------------------
 
 async def _default_profile(request: web.Request) -> dict[str, Any]:
-    names = sorted(await request.app[SERVICE].names())
+    names = sorted(await request.app[MANAGER].names())
     return {**DEFAULT_PROFILE, "used_by": [f"/1.0/instances/{n}" for n in names]}
 
 
@@ -302,12 +308,13 @@ async def write_profile(request: web.Request) -> web.Response:
     raise NotSupportedError("Profiles are read-only in lxdproxy: put devices on the instance")
 
 
-def create_app(service: InstanceService, ops: OperationRegistry | None = None, *,
+def create_app(manager: DeviceManager, ops: OperationRegistry | None = None, *,
                info: dict[str, Any] | None = None, trust: object | None = None) -> web.Application:
+    """``info``: keyword arguments for server_info() (backend kind, TLS certificate, addresses)."""
     app = web.Application(middlewares=[lxd_errors, tls_trust], client_max_size=4 * 1024 * 1024)
-    app[SERVICE] = service
+    app[MANAGER] = manager
     app[OPS] = ops or OperationRegistry()
-    app[INFO] = {"backend_kind": service.backend.kind, **(info or {})}
+    app[INFO] = dict(info or {})
     app[TRUST] = trust
     app[EVENTS] = EventHub()
 

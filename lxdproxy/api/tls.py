@@ -111,11 +111,6 @@ def certificate_pem(state_dir: str | os.PathLike[str]) -> str:
     return cert_path.read_text()
 
 
-def server_certificate_pem(state_dir: str | os.PathLike[str]) -> str:
-    """Alias of ``certificate_pem`` (the name the daemon looks up)."""
-    return certificate_pem(state_dir)
-
-
 def server_certificate_fingerprint(state_dir: str | os.PathLike[str]) -> str:
     """SHA-256 fingerprint of the server certificate (``environment.certificate_fingerprint``)."""
     return certificate_fingerprint(x509.load_pem_x509_certificate(

@@ -1,15 +1,16 @@
-"""``lxdproxy serve``: parse flags into a DaemonConfig and run the daemon (uvloop if installed)."""
+"""``lxdproxy serve``: parse flags into a DaemonConfig and run the daemon."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
-from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port, serve
+from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port
+from lxdproxy.daemon import run as run_daemon
 from lxdproxy.errors import LxdError
+from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.store import StoreError
 
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also serve the API over HTTPS with client-certificate trust")
     parser.add_argument("--lxd", metavar="SOCKET_OR_URL", default=None,
                         help="take instances from a real LXD instead of the local store")
-    parser.add_argument("--nft-table", default="lxdproxy",
+    parser.add_argument("--nft-table", default=DEFAULT_TABLE,
                         help="nftables table for NAT devices (default lxdproxy; 'lxd' = LXD's)")
     parser.add_argument("--nat-repair-interval", type=float, default=10.0, metavar="SECONDS",
                         help="how often to re-apply NAT rules that vanished (default 10)")
@@ -42,12 +43,7 @@ def run(args: argparse.Namespace) -> int:
             nft_table=args.nft_table,
             nat_repair_interval=args.nat_repair_interval,
         )
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(config))
-        else:
-            uvloop.run(serve(config))
+        run_daemon(config)
     except (DaemonError, StoreError, LxdError, OSError) as exc:
         print(f"lxdproxy: error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,8 @@ faithful ports instead. IPs are 16-byte values, IPv4 in its IPv4-mapped form, as
 
 from __future__ import annotations
 
+import ipaddress
+
 _V4_IN_V6_PREFIX = bytes(10) + b"\xff\xff"
 _BIG = 0xFFFFFF  # Go's "big": bigger than any IP component we care about
 
@@ -186,3 +188,13 @@ IPV4_ZERO = _V4_IN_V6_PREFIX + bytes(4)
 IPV6_ZERO = bytes(16)
 
 __all__ = ["GoAddrError", "IPV4_ZERO", "IPV6_ZERO", "ip_string", "parse_ip", "split_host_port", "to4"]
+
+
+def to_ipaddress(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``net.ParseIP`` as a Python address, IPv4-mapped folded to IPv4 (Go's ``To4``): the one
+    IP parser below the grammar, so every layer reads an address the way the validator did."""
+    ip = parse_ip(s)
+    if ip is None:
+        return None
+    four = to4(ip)
+    return ipaddress.IPv4Address(four) if four is not None else ipaddress.IPv6Address(ip)

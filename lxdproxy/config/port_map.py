@@ -1,4 +1,4 @@
-"""Listen->connect port mapping and port runs, as LXD computes them (spec §2.1, §5.3)."""
+"""Listen->connect port mapping, as LXD computes it (spec §2.1)."""
 
 from __future__ import annotations
 
@@ -20,18 +20,3 @@ def map_ports(listen_ports: Iterable[int], connect_ports: Iterable[int]) -> tupl
     if connect and len(connect) == len(listen):
         return tuple(zip(listen, connect, strict=True))
     raise ValueError("Invalid port range")
-
-
-def contiguous_runs(ports: Iterable[int]) -> list[tuple[int, int]]:
-    """(start, size) runs of consecutive ports, in the given order (LXD's portRangesFromSlice).
-
-    Not sorted and not de-duplicated, like LXD: [80,81,82,87,90,91,92,88] ->
-    [(80,3), (87,1), (90,3), (88,1)].
-    """
-    runs: list[tuple[int, int]] = []
-    for port in ports:
-        if runs and port == runs[-1][0] + runs[-1][1]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((port, 1))
-    return runs

@@ -37,6 +37,7 @@ from lxdproxy.config.model import (
     ProxyDevice,
     ProxyProtocol,
 )
+from lxdproxy.config.port_map import map_ports
 from lxdproxy.config.start_checks import (
     check_address_startable,
     check_nat_startable,
@@ -132,9 +133,7 @@ def _port_map(listen: ProxyAddress, connect: ProxyAddress) -> tuple[tuple[int, i
     """Spec §2.1: N:1 to the single connect port, N:N by position. Empty if a side is unix."""
     if listen.conn_type is ConnType.UNIX or connect.conn_type is ConnType.UNIX:
         return ()
-    if len(connect.ports) == 1:
-        return tuple((port, connect.ports[0]) for port in listen.ports)
-    return tuple(zip(listen.ports, connect.ports, strict=True))
+    return map_ports(listen.ports, connect.ports)  # start_checks refused counts it cannot map
 
 
 def _optional_id(raw: Mapping[str, str], key: str) -> int | None:

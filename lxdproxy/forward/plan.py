@@ -1,9 +1,9 @@
 """What a proxy device needs at runtime, decided from its config alone (no I/O).
 
 ``plan_device(device)`` turns a validated ``ProxyDevice`` into listeners to open, the target to dial
-and the relay to use, or raises ``PlanError`` with the text LXD's forkproxy prints for a config that
-validates but cannot start (spec §4.2, §9.2). Error texts of Go's ``net`` package are rebuilt here
-too, so a start failure reads like LXD's.
+and the relay to use. Configs that can never start were refused by config/ already (the one gate);
+what can still fail is the kernel's answer at start (``PlanError``, with the text LXD's forkproxy
+prints: Go's ``net`` error texts are rebuilt here, so a start failure reads like LXD's).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import os
 import socket
 from dataclasses import dataclass
 
+from lxdproxy.config.gonet import to_ipaddress
 from lxdproxy.config.model import ConnType, ProxyDevice, ProxyProtocol
-from lxdproxy.config.port_map import map_ports
 
 
 class PlanError(Exception):
-    """A device that validated but cannot start; ``str()`` is forkproxy's ``Error:`` line body."""
+    """A device the kernel would not start; ``str()`` is forkproxy's ``Error:`` line body."""
 
 
 class RelayKind(enum.Enum):
@@ -77,19 +77,15 @@ class DevicePlan:
 
 def plan_device(device: ProxyDevice) -> DevicePlan:
     listen, connect = device.listen, device.connect
-    if listen.conn_type is ConnType.UDP and connect.conn_type is not ConnType.UDP:
-        raise PlanError("Proxying from udp to non-udp protocol is not supported")
+    # config/ refused udp -> stream and port counts forkproxy cannot map.
+    assert listen.conn_type is not ConnType.UDP or connect.conn_type is ConnType.UDP
     if listen.conn_type is ConnType.UNIX:
         ports: list[tuple[int | None, int | None]] = [(None, device.unix_connect_port)]
-        if connect.conn_type is not ConnType.UNIX and len(connect.ports) != 1:
-            raise PlanError("Invalid port range")
     elif connect.conn_type is ConnType.UNIX:
         ports = [(p, None) for p in listen.ports]
     else:
-        try:
-            ports = list(map_ports(listen.ports, connect.ports))
-        except ValueError as exc:
-            raise PlanError(str(exc)) from None
+        assert len(device.port_map) == len(listen.ports)
+        ports = list(device.port_map)
     listeners = tuple(_listen_spec(listen.conn_type, listen.address, lp, cp, listen.abstract)
                       for lp, cp in ports)
 
@@ -141,14 +137,9 @@ def _target_spec(conn_type: ConnType, address: str, abstract: bool) -> TargetSpe
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address as Go sees it: an IPv4-mapped IPv6 literal is IPv4 (so ::ffff:0.0.0.0 is
-    the IPv4 wildcard)."""
-    if not address:
-        return None
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    """The address as Go sees it (an IPv4-mapped IPv6 literal is IPv4, so ::ffff:0.0.0.0 is
+    the IPv4 wildcard); None for the empty host."""
+    return to_ipaddress(address) if address else None
 
 
 def _family_host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, str]:
@@ -178,10 +169,7 @@ def go_addr(spec: ListenSpec) -> str:
     assert spec.port is not None
     if spec.display.startswith(":"):
         return f":{spec.port}"
-    host = spec.display.rsplit(":", 1)[0].strip("[]")
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = _ip(spec.display.rsplit(":", 1)[0].strip("[]"))
     return join_host_port(str(ip), spec.port)
 
 
@@ -189,9 +177,7 @@ def listen_error(spec: ListenSpec, exc: BaseException, syscall: str = "bind") ->
     """forkproxy's error line for a listener that failed, e.g. ``Failed listening on
     127.0.0.1:1234: listen tcp 127.0.0.1:1234: bind: address already in use``."""
     net = spec.conn_type.value
-    if spec.port is not None and not 0 <= spec.port <= 0xFFFF:
-        inner = f"listen {net}: address {spec.port}: invalid port"
-    elif isinstance(exc, OSError) and exc.errno:
+    if isinstance(exc, OSError) and exc.errno:
         reason = exc.strerror or ""
         if reason == os.strerror(exc.errno):
             reason = go_strerror(exc.errno)
@@ -202,10 +188,6 @@ def listen_error(spec: ListenSpec, exc: BaseException, syscall: str = "bind") ->
     if spec.conn_type is ConnType.UDP:
         return inner
     return f"Failed listening on {spec.display}: {inner}"
-
-
-def invalid_port(port: int) -> bool:
-    return not 0 <= port <= 0xFFFF
 
 
 __all__ = [

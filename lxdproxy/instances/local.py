@@ -24,7 +24,7 @@ from typing import Any
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.instances.backend import InstanceChanged
-from lxdproxy.instances.model import Instance, Nic
+from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
 from lxdproxy.instances.netstate import read_network_state
 from lxdproxy.store import InstanceRow, Store
 
@@ -186,7 +186,9 @@ class LocalBackend:
         }
 
     async def get_instance(self, name: str) -> Instance:
-        row = self._row(name)
+        return self._instance(self._row(name), self._store.get_devices(name))
+
+    def _instance(self, row: InstanceRow, devices: Devices) -> Instance:
         pid_text, netns = row.config.get(PID_KEY), row.config.get(NETNS_KEY)
         return Instance(
             name=row.name,
@@ -194,8 +196,18 @@ class LocalBackend:
             status=self._status(row),
             pid=int(pid_text) if pid_text and pid_text.isdigit() else None,
             netns=netns_path(netns) if netns and not pid_text else None,
-            nics=nics_from_devices(self._store.get_devices(name), row.config),
+            nics=nics_from_devices(devices, row.config),
         )
+
+    async def stored_devices(self, name: str) -> Devices:
+        self._row(name)
+        return self._store.get_devices(name)
+
+    async def managed_names(self) -> list[str]:
+        return self._store.instance_names()
+
+    async def network_forward_listen_addresses(self) -> tuple[str, ...]:
+        return ()  # local instances have no managed networks, hence no network forwards
 
     async def get_state(self, name: str) -> dict[str, Any]:
         inst = await self.get_instance(name)
@@ -221,9 +233,7 @@ class LocalBackend:
 
     async def create(self, body: dict[str, Any]) -> None:
         name = validate_instance_name(body.get("name"))
-        itype = body.get("type") or "container"
-        if itype not in ("container", "virtual-machine"):
-            raise ConfigError(f'Invalid instance type "{itype}"')
+        itype = body.get("type") or "container"  # checked by the manager
         source = body.get("source") or {"type": "none"}
         stype = source.get("type", "none") if isinstance(source, dict) else None
         if stype != "none":
@@ -238,8 +248,7 @@ class LocalBackend:
         row = InstanceRow(name=name, type=itype, config=config, description=description or "",
                           created_at=_now(), pid_starttime=start)
         self._store.insert_instance(row, dict(body.get("devices") or {}))
-        self._seen[name] = self._identity(row)
-        self._track_pid(row)
+        self._remember(row)
 
     async def delete(self, name: str) -> None:
         self._row(name)
@@ -247,30 +256,21 @@ class LocalBackend:
         self._seen.pop(name, None)
         self._untrack_pid(name)
 
-    def check_update(self, name: str, record: Mapping[str, Any]) -> None:
-        """Raise ConfigError if ``update_record`` would refuse ``record`` (called before any
-        device is touched, so a rejected write changes nothing)."""
+    async def preview(self, name: str, update: InstanceUpdate) -> Instance:
         row = self._row(name)
-        if "config" in record:
-            parse_anchor(record["config"], row)
+        _pid, _netns, start = parse_anchor(update.config, row)
+        return self._instance(self._updated_row(row, update, start), update.devices)
 
-    async def update_record(self, name: str, record: dict[str, Any]) -> None:
+    async def save(self, name: str, update: InstanceUpdate) -> None:
         row = self._row(name)
-        config = dict(record.get("config", row.config))
-        _pid, _netns, start = parse_anchor(config, row)
-        new = InstanceRow(name=row.name, type=row.type, config=config,
-                          description=record.get("description", row.description),
-                          created_at=row.created_at, pid_starttime=start, stopped=row.stopped)
-        self._store.update_instance(new, record.get("devices"))
-        self._track_pid(new)
-        if self._identity(new) != self._seen.get(name):
-            self._seen[name] = self._identity(new)
-            await self._notify(name)
+        _pid, _netns, start = parse_anchor(update.config, row)
+        new = self._updated_row(row, update, start)
+        self._store.update_instance(new, update.devices)
+        self._remember(new)
 
     async def set_stopped(self, name: str, stopped: bool) -> None:
-        """lxdproxy-level power state (``lxc stop``/``start``): a stopped local instance keeps
-        its process (we never signal it) but has no devices realised. Raises if a start is
-        asked for an instance whose process or netns is gone."""
+        """A stopped local instance keeps its process (we never signal it) but has no devices
+        realised. Raises if a start is asked for an instance whose process or netns is gone."""
         row = self._row(name)
         if not stopped and not self._anchor_alive(row):
             anchor = row.config.get(PID_KEY) or row.config.get(NETNS_KEY)
@@ -278,10 +278,18 @@ class LocalBackend:
                            f'set "{PID_KEY}" or "{NETNS_KEY}" to its new one', 400)
         new = dataclasses.replace(row, stopped=stopped)
         self._store.update_instance(new)
-        self._track_pid(new)
-        if self._identity(new) != self._seen.get(name):
-            self._seen[name] = self._identity(new)
-            await self._notify(name)
+        self._remember(new)
+
+    @staticmethod
+    def _updated_row(row: InstanceRow, update: InstanceUpdate, start: int | None) -> InstanceRow:
+        return dataclasses.replace(row, config=dict(update.config), description=update.description,
+                                   pid_starttime=start)
+
+    def _remember(self, row: InstanceRow) -> None:
+        """Our own writes are applied by the manager: record them as seen so the poller only
+        reports changes that happened by themselves."""
+        self._track_pid(row)
+        self._seen[row.name] = self._identity(row)
 
     # -- watching -----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 pylxd is synchronous (requests), so every call runs in a worker thread (``asyncio.to_thread``)
 and the daemon's event loop never blocks on LXD. Records are LXD's raw JSON (``metadata`` of
 ``GET /1.0/instances/<n>``) so the API can serve them with LXD's exact shape; the API merges the
-shim-owned proxy devices in.
+proxy devices lxdproxy owns (kept in our own store) merged in.
 
 lxdproxy never writes to the real LXD: instance lifecycle (create/delete) and every change that
 is not a proxy device stays with ``lxc``/LXD itself.
@@ -12,6 +12,7 @@ is not a proxy device stays with ``lxc``/LXD itself.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
@@ -24,13 +25,12 @@ from pylxd import Client, exceptions
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.instances.backend import InstanceChanged
-from lxdproxy.instances.model import Instance, Nic
+from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
+from lxdproxy.store import Store
 
 log = logging.getLogger(__name__)
 
 # The writable part of an instance (LXD's InstancePut minus "restore", which is an action).
-WRITABLE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
-                 "description")
 
 # LXD network type -> the NIC "nictype" it implies (a managed bridge gives a bridged NIC).
 NETWORK_NICTYPES = {
@@ -50,6 +50,10 @@ _NETWORK_CACHE_SECONDS = 60.0
 def _name_url(name: str) -> str:
     # Instance names come from request paths: never let one add a path segment or a query.
     return quote(name, safe="")
+
+
+def _proxy_devices(devices: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in devices.items() if isinstance(v, Mapping) and v.get("type") == "proxy"}
 
 
 def _non_proxy_devices(devices: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,9 +96,11 @@ class LxdBackend:
 
     kind = "lxd"
 
-    def __init__(self, endpoint: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL,
+    def __init__(self, endpoint: str, store: Store, *,
+                 poll_interval: float = DEFAULT_POLL_INTERVAL,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self.endpoint = endpoint
+        self._store = store
         self.poll_interval = poll_interval
         self.timeout = timeout
         self._client: Client | None = None
@@ -153,13 +159,29 @@ class LxdBackend:
         return [url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] for url in urls]
 
     async def get_record(self, name: str) -> dict[str, Any]:
+        """LXD's record with the proxy devices lxdproxy owns merged in (they win on a clash)."""
+        record = await self._lxd_record(name)
+        owned = _proxy_devices(self._store.get_devices(name))
+        record["devices"] = {**(record.get("devices") or {}), **owned}
+        record["expanded_devices"] = {**(record.get("expanded_devices") or {}),
+                                      **copy.deepcopy(owned)}
+        return record
+
+    async def _lxd_record(self, name: str) -> dict[str, Any]:
         return await self._get(f"instances/{_name_url(name)}")
+
+    async def stored_devices(self, name: str) -> Devices:
+        return _proxy_devices(self._store.get_devices(name))
+
+    async def managed_names(self) -> list[str]:
+        owned = set(self._store.device_instances())
+        return [n for n in await self.list_names() if n in owned]
 
     async def get_state(self, name: str) -> dict[str, Any]:
         return await self._get(f"instances/{_name_url(name)}/state")
 
     async def get_instance(self, name: str) -> Instance:
-        record = await self.get_record(name)
+        record = await self._lxd_record(name)
         state = await self.get_state(name)
         return await self._build_instance(record, state)
 
@@ -169,27 +191,26 @@ class LxdBackend:
     async def delete(self, name: str) -> None:
         raise NotSupportedError("Deleting instances is not supported with the LXD backend")
 
-    async def update_record(self, name: str, record: dict[str, Any]) -> None:
-        """Accept a record only if everything except proxy devices matches the real LXD.
+    async def preview(self, name: str, update: InstanceUpdate) -> Instance:
+        """Accept an update only if everything except proxy devices matches the real LXD.
 
         lxc and pylxd PUT the whole writable object back, so an unchanged record is the normal
         case. Forwarding other changes to LXD would make lxdproxy a second writer of LXD's
         state; instead the user gets a clear 400 and uses ``lxc`` against LXD directly.
-        Keys absent from ``record`` count as unchanged (PATCH-style partial records).
         """
-        current = await self.get_record(name)
-        for key in WRITABLE_KEYS:
-            if key not in record:
-                continue
-            new, old = record[key], current.get(key)
-            if key == "devices":
-                new, old = _non_proxy_devices(new), _non_proxy_devices(old)
-            elif key == "config":
-                new, old = dict(new or {}), dict(old or {})
-            elif key == "description":
-                new, old = new or "", old or ""
-            if new != old:
-                raise ConfigError(ONLY_PROXY_DEVICES)
+        current = await self._lxd_record(name)
+        if (update.config != dict(current.get("config") or {})
+                or _non_proxy_devices(update.devices) != _non_proxy_devices(current.get("devices"))
+                or update.description != (current.get("description") or "")):
+            raise ConfigError(ONLY_PROXY_DEVICES)
+        return await self._build_instance(current, await self.get_state(name))
+
+    async def save(self, name: str, update: InstanceUpdate) -> None:
+        self._store.set_devices(name, _proxy_devices(update.devices))
+
+    async def set_stopped(self, name: str, stopped: bool) -> None:
+        raise NotSupportedError("Changing instance state is not supported by lxdproxy with "
+                                "this backend")
 
     def watch(self, callback: InstanceChanged) -> None:
         if self._watch_task is None or self._watch_task.done():

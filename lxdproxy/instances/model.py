@@ -37,3 +37,16 @@ class Instance:
     @property
     def running(self) -> bool:
         return self.status == "Running"
+
+
+Devices = dict[str, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class InstanceUpdate:
+    """An instance's writable state as a write leaves it (LXD's InstancePut minus the actions):
+    what the device manager validates and a backend persists."""
+
+    config: dict[str, str]
+    devices: Devices
+    description: str = ""

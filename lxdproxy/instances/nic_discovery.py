@@ -13,7 +13,8 @@ import dataclasses
 import logging
 
 from lxdproxy.instances.model import Instance
-from lxdproxy.netns import Namespaces, netns_executor
+from lxdproxy.instances.namespaces import instance_namespaces
+from lxdproxy.netns import netns_executor
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _discover(instance: Instance, host_net: str | None) -> Instance:
     missing = [nic for nic in instance.nics if not nic.host_name]
     if not missing:
         return instance
-    inside = _links(Namespaces.of_instance(instance).net)
+    inside = _links(instance_namespaces(instance).net)
     host = _links(host_net)
     names: dict[str, str] = {}
     for index, (name, peer) in inside.items():

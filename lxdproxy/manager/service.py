@@ -1,186 +1,165 @@
-"""Instance writes as one unit: validate everything, apply the device diff, persist; roll back
-on any failure so a rejected write changes nothing. Also reconcile-at-start and following
-instance restarts (new PID -> devices re-created in the new namespaces).
+"""The device manager: every instance write as one unit, reconcile, and following instances.
 
-Devices the shim owns live in the store: every local device for the local backend (its
-records are read from the same store), the proxy devices for the LXD backend (merged into what
-the real LXD reports).
+A write is validated once (config/), diffed against what runs, applied (DeviceRuntime), then
+persisted (the backend); any failure rolls back what was applied, so a rejected write changes
+nothing. At start, reconcile realises every stored device of every running instance; when an
+instance changes by itself (its process replaced, its netns gone), its devices follow.
+
+A stored device that cannot start outside a write (reconcile, an instance that came back) is
+reported to the problem sink (LXD warnings) and retried every ``retry_interval`` seconds and on
+every event of its instance, until it starts (the warning is then resolved) or is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from lxdproxy.api.envelopes import check_if_match, etag_of
 from lxdproxy.config.model import InstanceType, ProxyDevice
-from lxdproxy.errors import (
-    ConfigError,
-    DeviceStartError,
-    LxdError,
-    NotFoundError,
-    NotSupportedError,
-)
+from lxdproxy.errors import ConfigError, DeviceStartError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.instances.backend import InstanceBackend
-from lxdproxy.instances.local import nics_from_devices
-from lxdproxy.instances.model import Instance
+from lxdproxy.instances.model import Instance, InstanceUpdate
 from lxdproxy.manager.runtime import DeviceRuntime, RunningDevice
 from lxdproxy.manager.writes import (
-    Desired,
+    InstancePatch,
+    diff_devices,
     from_patch,
-    from_put,
-    nics_of,
-    plan_changes,
+    normalised,
+    same_namespaces,
+    same_target,
+    stored_proxies,
     validate_devices,
 )
-from lxdproxy.store import Store
 
-log = logging.getLogger("lxdproxy.service")
+log = logging.getLogger(__name__)
+
+# Checks the current record before a write (the API's If-Match); raises to refuse it.
+Precondition = Callable[[dict[str, Any]], None]
 
 
-def _start_error(device_name: str, exc: BaseException) -> DeviceStartError:
+def start_error(device_name: str, exc: BaseException) -> DeviceStartError:
     reason = exc.message if isinstance(exc, LxdError) else str(exc) or type(exc).__name__
     # LXD 5.0.2's wording, captured in fixtures/rest/put-start-failure-c1-wait.json.
     return DeviceStartError(f'Failed to start device "{device_name}": {reason}')
 
 
-def _proxies(devices: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    return {k: v for k, v in devices.items() if v.get("type") == "proxy"}
+def _no_precondition(_record: dict[str, Any]) -> None:
+    return None
 
 
-class InstanceService:
-    def __init__(self, backend: InstanceBackend, store: Store, runtime: DeviceRuntime) -> None:
+class DeviceProblems(Protocol):
+    """Where a device that cannot start is reported (the API's LXD warnings)."""
+
+    def device_failed(self, project: str, instance: str, device: str, message: str) -> None: ...
+
+    def device_ok(self, project: str, instance: str, device: str) -> None: ...
+
+
+class DeviceManager:
+    def __init__(self, backend: InstanceBackend, runtime: DeviceRuntime,
+                 problems: DeviceProblems | None = None, *, retry_interval: float = 5.0) -> None:
         self.backend = backend
-        self.store = store
         self.runtime = runtime
+        self.problems = problems
+        self.retry_interval = retry_interval
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed: dict[tuple[str, str], str] = {}  # (instance, device) -> why, for retries
+        self._retry: asyncio.Task[None] | None = None
         backend.watch(self._instance_changed)
-
-    @property
-    def owns_all_devices(self) -> bool:
-        return self.backend.kind == "local"
 
     # -- reads --------------------------------------------------------------------------------
 
     async def record(self, name: str) -> dict[str, Any]:
-        rec = copy.deepcopy(await self.backend.get_record(name))
-        if not self.owns_all_devices:
-            shim = _proxies(self.store.get_devices(name))
-            rec["devices"] = {**rec.get("devices", {}), **shim}
-            rec["expanded_devices"] = {**rec.get("expanded_devices", {}), **copy.deepcopy(shim)}
-        return rec
+        return await self.backend.get_record(name)
+
+    async def state(self, name: str) -> dict[str, Any]:
+        return await self.backend.get_state(name)
 
     async def names(self) -> list[str]:
         return await self.backend.list_names()
 
     async def _forward_listen_addresses(self) -> tuple[str, ...]:
-        """Listen addresses of network forwards (LXD backend): a proxy may not reuse them."""
-        fn = getattr(self.backend, "network_forward_listen_addresses", None)
-        if not callable(fn):
-            return ()
         try:
-            return tuple(await fn())
+            return tuple(await self.backend.network_forward_listen_addresses())
         except Exception as exc:
             log.warning("could not read network forwards, skipping that check: %s", exc)
             return ()
 
-    def _validate(self, devices: dict[str, dict[str, str]], itype: InstanceType,
-                  forwards: tuple[str, ...] = ()) -> dict[str, ProxyDevice]:
-        return validate_devices(devices, itype, forwards)
-
-    def _stored_proxies(self, devices: dict[str, dict[str, str]],
-                        itype: InstanceType) -> dict[str, ProxyDevice | None]:
-        """Parsed stored proxies; one that no longer validates maps to None (= changed)."""
-        out: dict[str, ProxyDevice | None] = {}
-        for name, dev in _proxies(devices).items():
-            try:
-                out[name] = self._validate({name: dev}, itype)[name]
-            except LxdError:
-                out[name] = None
-        return out
-
     # -- writes -------------------------------------------------------------------------------
 
-    async def put(self, name: str, body: dict[str, Any], if_match: str | None) -> None:
-        await self._write(name, lambda _rec: from_put(body), if_match)
+    async def put(self, name: str, update: InstanceUpdate,
+                  precondition: Precondition = _no_precondition) -> None:
+        await self._write(name, lambda _record: normalised(update), precondition)
 
-    async def patch(self, name: str, body: dict[str, Any], if_match: str | None) -> None:
-        await self._write(name, lambda rec: from_patch(rec, body), if_match)
+    async def patch(self, name: str, patch: InstancePatch,
+                    precondition: Precondition = _no_precondition) -> None:
+        await self._write(name, lambda record: from_patch(record, patch), precondition)
 
-    async def _write(self, name: str, desire: Any, if_match: str | None) -> None:
+    async def _write(self, name: str, desire: Callable[[dict[str, Any]], InstanceUpdate],
+                     precondition: Precondition) -> None:
         async with self._lock:
-            record = await self.record(name)
-            check_if_match(if_match, etag_of(record))
-            desired: Desired = desire(record)
-            inst = await self.backend.get_instance(name)
-            new = self._validate(desired.devices, inst.type,
-                                 await self._forward_listen_addresses())
-            check = getattr(self.backend, "check_update", None)
-            if callable(check):
-                check(name, {"config": desired.config, "devices": desired.devices})
-            nics_changed = nics_of(record["devices"]) != nics_of(desired.devices)
-            if nics_changed and self.owns_all_devices:
-                inst = dataclasses.replace(
-                    inst, nics=nics_from_devices(desired.devices, desired.config))
-            old = self._stored_proxies(record["devices"], inst.type)
-            plan = plan_changes(old, new, nics_changed=nics_changed)  # type: ignore[arg-type]
-            await self._apply(inst, plan.stop, plan.start, new,
-                              lambda: self._persist(name, desired))
+            record = await self.backend.get_record(name)
+            precondition(record)
+            update = desire(record)
+            before = await self.backend.get_instance(name)
+            new = validate_devices(update.devices, before.type,
+                                   await self._forward_listen_addresses())
+            after = await self.backend.preview(name, update)
+            old = stored_proxies(record["devices"], before.type)
+            diff = diff_devices(old, new, namespaces_changed=not same_namespaces(before, after),
+                                nics_changed=before.nics != after.nics)
+            await self._apply(after, diff.stop, diff.start, new,
+                              lambda: self.backend.save(name, update))
+            untouched = set(new) - set(diff.start) if after.running else set()
+            self._forget_failures(name, keep=untouched, project=after.project)
 
     async def _apply(self, inst: Instance, stop: tuple[str, ...], start: tuple[str, ...],
-                     new: dict[str, ProxyDevice], persist: Any) -> None:
-        stopped: list[tuple[str, RunningDevice]] = []
-        started: list[str] = []
+                     new: dict[str, ProxyDevice], persist: Callable[[], Any]) -> None:
+        """Stop ``stop``, start ``start`` (if the instance runs), persist; on any failure put
+        back exactly what ran before."""
+        replaced: dict[str, RunningDevice] = {}
+        touched: list[str] = []
         try:
-            for dev in stop:
+            for dev in (*stop, *start):
                 rd = self.runtime.running(inst.name).get(dev)
                 if rd is not None:
-                    await self.runtime.stop(inst.name, dev)
-                    stopped.append((dev, rd))
+                    replaced[dev] = rd
+            for dev in stop:
+                await self.runtime.stop(inst.name, dev)
             if inst.running:
                 for dev in start:
+                    touched.append(dev)
                     try:
                         await self.runtime.start(inst, dev, new[dev])
                     except Exception as exc:
-                        raise _start_error(dev, exc) from None
-                    started.append(dev)
+                        raise start_error(dev, exc) from None
+            else:
+                for dev in start:
+                    await self.runtime.stop(inst.name, dev)
             await persist()
         except BaseException:
-            for dev in reversed(started):
+            for dev in reversed(touched):
                 await self.runtime.stop(inst.name, dev)
-            for dev, rd in stopped:
+            for dev, rd in sorted(replaced.items()):
                 try:
                     await self.runtime.start(rd.instance, dev, rd.device)
                 except Exception:
                     log.exception("rollback: restarting device %s/%s failed", inst.name, dev)
             raise
 
-    async def _persist(self, name: str, desired: Desired) -> None:
-        if self.owns_all_devices:
-            await self.backend.update_record(name, {"config": desired.config,
-                                                    "devices": desired.devices,
-                                                    "description": desired.description})
-            return
-        others = {k: v for k, v in desired.devices.items() if v.get("type") != "proxy"}
-        await self.backend.update_record(name, {"config": desired.config, "devices": others,
-                                                "description": desired.description})
-        self.store.set_devices(name, _proxies(desired.devices))
-
     async def create(self, body: dict[str, Any]) -> str:
+        """``body`` is an InstancesPost whose ``config`` and ``devices`` are string maps."""
         async with self._lock:
-            from lxdproxy.api.request_json import device_map, string_map
-
-            devices = {k: v for k, v in device_map(body.get("devices")).items() if v is not None}
-            body = {**body, "devices": devices, "config": string_map(body.get("config"), "config")}
             try:
                 itype = InstanceType(body.get("type") or "container")
             except ValueError:
                 raise ConfigError(f'Invalid instance type "{body.get("type")}"') from None
-            new = self._validate(devices, itype, await self._forward_listen_addresses())
+            update = normalised(InstanceUpdate(config=body["config"], devices=body["devices"]))
+            body = {**body, "config": update.config, "devices": update.devices}
+            new = validate_devices(update.devices, itype, await self._forward_listen_addresses())
             await self.backend.create(body)
             name = str(body["name"])
             inst = await self.backend.get_instance(name)
@@ -200,22 +179,17 @@ class InstanceService:
             await self.backend.get_record(name)
             await self.backend.delete(name)
             await self.runtime.stop_instance(name)
-            if not self.owns_all_devices:
-                self.store.set_devices(name, {})
+            self._forget_failures(name)
 
     async def change_state(self, name: str, action: str) -> None:
-        """``PUT /state`` for backends that support it (local: devices off/on, the process is
+        """``PUT /state``: stop/start/restart switch the devices off/on (local: the process is
         never signalled). Start failures roll back: the instance stays stopped."""
-        setter = getattr(self.backend, "set_stopped", None)
         async with self._lock:
-            rec = await self.record(name)
+            rec = await self.backend.get_record(name)
             if action in ("freeze", "unfreeze"):
                 raise NotSupportedError("Freezing instances is not supported by lxdproxy")
             if action not in ("start", "stop", "restart"):
                 raise LxdError(f"Unknown action {action}", 400)
-            if setter is None:
-                raise NotSupportedError("Changing instance state is not supported by lxdproxy "
-                                        "with this backend")
             running = rec["status"] == "Running"
             if action == "stop" and not running:
                 raise LxdError("The instance is already stopped", 400)
@@ -224,15 +198,16 @@ class InstanceService:
             if action == "restart":
                 # Fails (changing nothing) when the process is gone, so the user's next step,
                 # pointing user.lxdproxy.pid at the new process, brings the devices back.
-                await setter(name, False)
+                await self.backend.set_stopped(name, False)
             if action in ("stop", "restart"):
                 await self.runtime.stop_instance(name)
-                await setter(name, True)
+                await self.backend.set_stopped(name, True)
+                self._forget_failures(name, project=rec.get("project", "default"))
             if action == "stop":
                 return
-            await setter(name, False)
+            await self.backend.set_stopped(name, False)
             inst = await self.backend.get_instance(name)
-            stored = self._stored_proxies(self.store.get_devices(name), inst.type)
+            stored = stored_proxies(await self.backend.stored_devices(name), inst.type)
             started: list[str] = []
             try:
                 for dev, parsed in sorted(stored.items()):
@@ -242,27 +217,25 @@ class InstanceService:
                     try:
                         await self.runtime.start(inst, dev, parsed)
                     except Exception as exc:
-                        raise _start_error(dev, exc) from None
+                        raise start_error(dev, exc) from None
                     started.append(dev)
             except BaseException:
                 for dev in reversed(started):
                     await self.runtime.stop(name, dev)
-                await setter(name, True)
+                await self.backend.set_stopped(name, True)
                 raise
 
-    # -- runtime following ----------------------------------------------------------------------
+    # -- following the instances ----------------------------------------------------------------
 
     async def reconcile(self) -> bool:
         """Realise every stored proxy device of every running instance. Device failures are
         logged; False when the instance list itself could not be read (LXD unreachable)."""
         async with self._lock:
             try:
-                names = set(await self.backend.list_names())
+                names = await self.backend.managed_names()
             except Exception as exc:
                 log.error("reconcile: cannot list instances: %s", exc)
                 return False
-            if not self.owns_all_devices:
-                names &= set(self.store.device_instances())
             for name in sorted(names):
                 try:
                     await self._realise(name)
@@ -279,29 +252,73 @@ class InstanceService:
             inst = await self.backend.get_instance(name)
         except NotFoundError:
             await self.runtime.stop_instance(name)
+            self._forget_failures(name)
             return
-        if not inst.running:
-            await self.runtime.stop_instance(name)
-            return
+        stored = stored_proxies(await self.backend.stored_devices(name), inst.type)
         running = self.runtime.running(name)
-        stored = self._stored_proxies(self.store.get_devices(name), inst.type)
-        for dev in sorted(set(running) - set(stored)):
+        for dev in sorted(set(running) - (set(stored) if inst.running else set())):
             await self.runtime.stop(name, dev)
+        self._forget_failures(name, keep=set(stored) if inst.running else set(),
+                              project=inst.project)
+        if not inst.running:
+            return
         for dev, parsed in sorted(stored.items()):
             if parsed is None:
-                log.error("device %s/%s: stored config no longer validates; not started",
-                          name, dev)
+                self._failed_device(inst, dev, f'Failed to start device "{dev}": stored config '
+                                               "no longer validates")
                 continue
             rd = running.get(dev)
-            if rd is not None and rd.device == parsed and _same_target(rd.instance, inst):
+            if rd is not None and rd.device == parsed and same_target(rd.instance, inst):
                 continue
             try:
                 await self.runtime.start(inst, dev, parsed)
             except Exception as exc:
-                log.error("%s (instance %s)", _start_error(dev, exc).message, name)
+                self._failed_device(inst, dev, start_error(dev, exc).message)
+            else:
+                self._device_up(inst, dev)
 
-    def _instance_changed(self, name: str) -> Any:
-        # Called from inside a write (update_record) too: never wait for the lock there.
+    def _failed_device(self, inst: Instance, dev: str, message: str) -> None:
+        if self._failed.get((inst.name, dev)) != message:
+            log.error("%s (instance %s)", message, inst.name)
+        self._failed[(inst.name, dev)] = message
+        if self.problems is not None:
+            self.problems.device_failed(inst.project, inst.name, dev, message)
+
+    def _device_up(self, inst: Instance, dev: str) -> None:
+        if self._failed.pop((inst.name, dev), None) is not None:
+            log.info("device %s/%s is up again", inst.name, dev)
+            if self.problems is not None:
+                self.problems.device_ok(inst.project, inst.name, dev)
+
+    def _forget_failures(self, name: str, keep: set[str] | None = None,
+                         project: str = "default") -> None:
+        """Failures of devices that are gone (or of an instance that stopped) are resolved."""
+        for inst_name, dev in [k for k in self._failed if k[0] == name]:
+            if keep is None or dev not in keep:
+                del self._failed[(inst_name, dev)]
+                if self.problems is not None:
+                    self.problems.device_ok(project, inst_name, dev)
+
+    def failed_devices(self, name: str) -> dict[str, str]:
+        """Devices of ``name`` that should run but do not, with why."""
+        return {dev: why for (inst, dev), why in self._failed.items() if inst == name}
+
+    def start_retrying(self) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            for name in sorted({inst for inst, _dev in self._failed}):
+                async with self._lock:
+                    try:
+                        await self._realise(name)
+                    except Exception as exc:
+                        log.error("retrying the devices of %s: %s", name, exc)
+
+    async def _instance_changed(self, name: str) -> None:
+        # The backend reports from its own tasks; never make it wait for a write in progress.
         async def follow() -> None:
             async with self._lock:
                 await self._realise(name)
@@ -309,21 +326,9 @@ class InstanceService:
         task = asyncio.get_running_loop().create_task(follow())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return _done()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = [*self._tasks, *([self._retry] if self._retry else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _noop() -> None:
-    return None
-
-
-def _done() -> Any:
-    return _noop()
-
-
-def _same_target(a: Instance, b: Instance) -> bool:
-    return (a.pid, a.netns, a.nics, a.type) == (b.pid, b.netns, b.nics, b.type)
+        await asyncio.gather(*tasks, return_exceptions=True)

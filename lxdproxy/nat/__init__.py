@@ -4,8 +4,7 @@
   table=...)`` -> ``NatRuleSet`` (``to_json()`` for libnftables, ``to_text()`` for display).
 - ``apply``: ``NatApplier(net_path, table)`` applies/removes rule sets inside a network namespace.
 - ``conntrack``, ``hairpin``: netlink side effects (UDP flow flush, bridge port hairpin).
-- ``runtime``: the daemon's asyncio API: ``apply_device``, ``remove_device``, ``watch``.
-- ``cli``: ``lxdproxy nat show``.
+- ``runtime``: ``NatRuntime``, the daemon's asyncio API: apply, remove, periodic repair.
 
 Submodules are imported on demand so the pure parts don't pull in libnftables or pyroute2.
 """

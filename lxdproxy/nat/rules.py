@@ -247,13 +247,6 @@ class NatRuleSet:
         return {"nftables": cmds}
 
 
-def _check_ports(ports: tuple[int, ...]) -> None:
-    # The address parser accepts any integer (spec §2); nft cannot express these.
-    for port in ports:
-        if not 0 <= port <= 65535:
-            raise DeviceStartError(f"Invalid port {port} (must be between 0 and 65535)")
-
-
 def build_nat_ruleset(
     device: ProxyDevice,
     instance: Instance,
@@ -261,17 +254,17 @@ def build_nat_ruleset(
     *,
     table: str = DEFAULT_TABLE,
 ) -> NatRuleSet:
-    """The rules a NAT proxy device needs; raises DeviceStartError with LXD's start-time errors."""
+    """The rules a validated NAT device needs; raises DeviceStartError for what only the
+    instance can decide (its static addresses) and names nft cannot carry.
+
+    config/ (the one gate) already refused what LXD refuses at validation or at start for a NAT
+    device: non-tcp/udp pairs, a wildcard or empty listen host without the opt-in, mixed IP
+    versions, port counts that cannot map, ports outside 1-65535."""
     listen, connect = device.listen, device.connect
-    if listen.conn_type is ConnType.UNIX or listen.conn_type != connect.conn_type:
-        raise DeviceStartError(
-            f"Proxying {listen.conn_type.value} <-> {connect.conn_type.value} is not supported "
-            "when using NAT"
-        )
+    assert listen.conn_type is connect.conn_type and listen.conn_type is not ConnType.UNIX
+    assert listen.ports and len(connect.ports) in (1, len(listen.ports))
     wildcard = is_wildcard(listen)
-    if wildcard and listen.address != "" and not device.nat_wildcard:
-        shown = parse_ip(listen.address)
-        raise DeviceStartError(f'Cannot listen on wildcard address "{shown}" when in nat mode')
+    assert device.nat_wildcard or not wildcard
 
     label = device_label(instance.name, device_name, instance.project)
     check_table_name(table)
@@ -279,20 +272,9 @@ def build_nat_ruleset(
         raise DeviceStartError(f"Cannot use NAT for instance device {_quote(label)}: empty name")
     check_label(label)
 
-    # LXD's order: target resolution (setupNAT), then the firewall driver's pre-checks.
     target = resolve_nat_target(device, instance)
-    if wildcard and not device.nat_wildcard:
-        raise DeviceStartError("Listen address is required")  # LXD: tcp::80 with nat=true
-    if not listen.ports:
-        raise DeviceStartError("At least 1 listen port must be supplied")
-    if len(connect.ports) not in (1, len(listen.ports)):
-        raise DeviceStartError("Mismatch between listen port(s) and target port(s) count")
-    _check_ports(listen.ports)
-    _check_ports(connect.ports)
-
     version = ip_version(listen, connect)
-    if target.version != version:  # validation forbids mixing; keep the rules consistent anyway
-        raise DeviceStartError("Cannot mix IP versions between listen and connect in nat mode")
+    assert target.version == version
 
     pairs = optimised_dnat_ranges(listen.ports, connect.ports)
     return NatRuleSet(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from lxdproxy.config.gonet import to_ipaddress
 from lxdproxy.config.model import ProxyAddress, ProxyDevice
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Instance, Nic
@@ -40,17 +41,8 @@ class NatTarget:
 
 
 def parse_ip(text: str) -> IPAddress | None:
-    """An IP as Go's net.ParseIP would take it (no zone, no prefix), IPv4-mapped folded to IPv4."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id is not None:
-            return None
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-    return ip
+    """An IP as Go's net.ParseIP takes it (no zone, no prefix), IPv4-mapped folded to IPv4."""
+    return to_ipaddress(text)
 
 
 def ip_version(address: ProxyAddress, other: ProxyAddress | None = None) -> int:

@@ -50,9 +50,6 @@ class NetnsExecutor:
     def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
         return self.call(socket.socket, family, type, proto)
 
-    async def asocket(self, family: int, type: int, proto: int = 0) -> socket.socket:
-        return await self.run(socket.socket, family, type, proto)
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from lxdproxy.instances.model import Instance
-
 NETNS_RUN_DIR = "/run/netns"
 
 
@@ -62,14 +60,3 @@ class Namespaces:
         if not os.path.exists(path):
             raise FileNotFoundError(f"Network namespace {name_or_path!r} not found")
         return cls(net=path)
-
-    @classmethod
-    def of_instance(cls, instance: Instance) -> Namespaces:
-        if instance.pid:
-            return cls.of_pid(instance.pid)
-        if instance.netns:
-            return cls.of_netns(instance.netns)
-        raise ProcessLookupError(f"Instance {instance.name!r} has neither a PID nor a netns")
-
-    def is_current_net(self) -> bool:
-        return ns_identity(self.net) == ns_identity(own_ns_path("net"))

@@ -17,9 +17,7 @@ import pytest
 
 from lab.traffic import roundtrip as lab_roundtrip
 from lxdproxy.api.app import create_app
-from lxdproxy.instances.local import LocalBackend
-from lxdproxy.manager.runtime import DeviceRuntime
-from lxdproxy.manager.service import InstanceService
+from lxdproxy.daemon import Components, DaemonConfig, build_components
 from lxdproxy.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
@@ -32,22 +30,18 @@ def fixture(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def make_api(tmp_path: Path, aiohttp_client: Any):
-    made: list[tuple[InstanceService, DeviceRuntime, LocalBackend, Store]] = []
+    made: list[Components] = []
 
     async def make(host_ns: Any = None, poll_interval: float = 0.05) -> Any:
-        store = Store(tmp_path / f"db{len(made)}")
-        backend = LocalBackend(store, poll_interval=poll_interval)
-        runtime = DeviceRuntime(host_ns=host_ns, nft_table="lxdproxytest")
-        service = InstanceService(backend, store, runtime)
-        made.append((service, runtime, backend, store))
-        return await aiohttp_client(create_app(service))
+        config = DaemonConfig(state_dir=tmp_path, host_netns=host_ns.net if host_ns else None,
+                              nft_table="lxdproxytest", local_poll_interval=poll_interval)
+        components = build_components(config, Store(tmp_path / f"db{len(made)}"))
+        made.append(components)
+        return await aiohttp_client(create_app(components.manager))
 
     yield make
-    for service, runtime, backend, store in made:
-        await service.close()
-        await runtime.stop_all()
-        await backend.close()
-        store.close()
+    for components in made:
+        await components.close()
 
 
 @pytest.fixture
@@ -71,6 +65,11 @@ async def stopped(api: Any) -> str:
     proc.kill()
     proc.wait()
     return "cstop"
+
+
+async def config_of(api: Any, name: str) -> dict[str, str]:
+    """The instance's config as stored (a PUT that keeps it leaves a stopped instance stopped)."""
+    return (await (await api.get(f"/1.0/instances/{name}")).json())["metadata"]["config"]
 
 
 async def get(api: Any, path: str) -> tuple[int, dict[str, Any], Any]:
@@ -136,7 +135,7 @@ async def test_register_duplicate_is_409(api: Any, stopped: str) -> None:
 
 async def test_operations_are_final_readable_and_waitable(api: Any, stopped: str) -> None:
     resp = await api.put(f"/1.0/instances/{stopped}", json={
-        "config": {"user.lxdproxy.pid": "1"}, "devices": {"web": PROXY}})
+        "config": await config_of(api, stopped), "devices": {"web": PROXY}})
     body = await resp.json()
     assert resp.status == 202 and resp.headers["Location"] == body["operation"]
     assert body["metadata"]["status"] == "Success"
@@ -183,6 +182,31 @@ async def test_patch_merges_and_deletes(api: Any, stopped: str) -> None:
     assert set(rec["devices"]) == {"web"}
 
 
+async def test_empty_values_are_dropped_on_every_write(api: Any, stopped: str) -> None:
+    # LXD stores no key whose value is "" (what `lxc config device unset` sends).
+    with_bind = {**PROXY, "bind": "host", "description": ""}
+    await api.patch(f"/1.0/instances/{stopped}", json={"devices": {"web": with_bind},
+                                                      "config": {"user.note": ""}})
+    rec = (await get(api, f"/1.0/instances/{stopped}"))[1]["metadata"]
+    assert rec["devices"]["web"] == {**PROXY, "bind": "host"}
+    assert "user.note" not in rec["config"]
+    rec["devices"]["web"]["bind"] = ""
+    await api.put(f"/1.0/instances/{stopped}", json={"config": rec["config"],
+                                                    "devices": rec["devices"]})
+    rec = (await get(api, f"/1.0/instances/{stopped}"))[1]["metadata"]
+    assert rec["devices"]["web"] == PROXY
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        resp = await register(api, "c2", proc.pid, {"eth0": {"type": "nic", "network": "br0",
+                                                             "ipv4.address": ""}})
+        assert resp.status == 202
+        rec = (await get(api, "/1.0/instances/c2"))[1]["metadata"]
+        assert rec["devices"]["eth0"] == {"type": "nic", "network": "br0"}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize(("method", "body", "message"), [
     ("PATCH", {"devices": {"web": {**PROXY, "connect": "tcp:localhost:80"}}},
      'Invalid devices: Device validation failed for "web": Invalid value for device option '
@@ -190,7 +214,8 @@ async def test_patch_merges_and_deletes(api: Any, stopped: str) -> None:
     ("PATCH", {"devices": {"web": {**PROXY, "nat": True}}},
      "json: cannot unmarshal bool into Go struct field InstancePut.devices of type string"),
     ("PUT", {"config": {"user.lxdproxy.pid": "1"}, "devices": {"x": {"path": "/"}}},
-     'Invalid devices: Device validation failed for "x": Missing device type for device "x"'),
+     'Invalid devices: Device validation failed for "x": Failed loading device "x": '
+     'Missing device type in config'),
     ("PUT", {"config": {}, "devices": {}},
      'Local instances need config "user.lxdproxy.pid" (a process ID) or '
      '"user.lxdproxy.netns" (a network namespace name or path)'),
@@ -361,7 +386,7 @@ async def test_instance_exit_stops_devices_at_once(lab: Any, make_api: Any) -> N
 async def test_events_websocket_sends_operation_and_lifecycle(api: Any, stopped: str) -> None:
     async with api.ws_connect("/1.0/events?type=operation,lifecycle") as ws:
         resp = await api.put(f"/1.0/instances/{stopped}", json={
-            "config": {"user.lxdproxy.pid": "1"}, "devices": {"web": PROXY}})
+            "config": await config_of(api, stopped), "devices": {"web": PROXY}})
         op = (await resp.json())["metadata"]
         first = await ws.receive_json(timeout=5)
         second = await ws.receive_json(timeout=5)

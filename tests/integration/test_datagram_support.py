@@ -48,7 +48,7 @@ def target_opener(place: Any, host: str = "127.0.0.1",
     ex = netns_executor(place.namespaces.net)
 
     async def open_target(port: int) -> socket.socket:
-        sock = await ex.asocket(family, socket.SOCK_DGRAM)
+        sock = await ex.run(socket.socket, family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.connect((host, port))
         return sock

@@ -7,6 +7,7 @@ trusted ~/.config/lxc client certificate) that has at least one instance.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import pytest
@@ -15,6 +16,8 @@ from pylxd import Client
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, NotFoundError, NotSupportedError
 from lxdproxy.instances.lxd import ONLY_PROXY_DEVICES, LxdBackend
+from lxdproxy.manager.writes import current_state
+from lxdproxy.store import Store
 
 ENDPOINT = os.environ.get("LXDPROXY_TEST_LXD_SOCKET")
 
@@ -23,10 +26,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-async def backend():
-    b = LxdBackend(ENDPOINT, poll_interval=0.2)
+async def backend(tmp_path):
+    store = Store(tmp_path / "db")
+    b = LxdBackend(ENDPOINT, store, poll_interval=0.2)
     yield b
     await b.close()
+    store.close()
 
 
 @pytest.fixture
@@ -63,10 +68,11 @@ async def test_instance_view(backend, some_instance):
 
 async def test_unchanged_record_is_accepted_and_changes_refused(backend, some_instance):
     record = await backend.get_record(some_instance)
-    await backend.update_record(some_instance, record)  # read-only check, writes nothing
-    changed = dict(record, description=(record.get("description") or "") + " (changed)")
+    unchanged = current_state(record)
+    await backend.preview(some_instance, unchanged)  # read-only check, writes nothing
+    changed = dataclasses.replace(unchanged, description=unchanged.description + " (changed)")
     with pytest.raises(ConfigError, match=ONLY_PROXY_DEVICES):
-        await backend.update_record(some_instance, changed)
+        await backend.preview(some_instance, changed)
 
 
 async def test_missing_and_lifecycle(backend):

@@ -12,8 +12,19 @@ import pytest
 from lab import Lab
 from lab import LabInstance as LabInst
 from lxdproxy.instances.model import Instance, Nic
-from lxdproxy.nat.runtime import apply_device, remove_device
+from lxdproxy.nat.rules import DEFAULT_TABLE
+from lxdproxy.nat.runtime import NatRuntime
 from tests.unit.nat_helpers import nat_device
+
+
+async def apply_device(inst, device_name, device, *, net_path=None, table=DEFAULT_TABLE):
+    return await NatRuntime(net_path=net_path, table=table).apply(inst, device_name, device)
+
+
+async def remove_device(instance_name, device_name, *, project="default", net_path=None,
+                        table=DEFAULT_TABLE):
+    return await NatRuntime(net_path=net_path, table=table).remove(instance_name, device_name,
+                                                                   project)
 
 pytestmark = pytest.mark.lab
 

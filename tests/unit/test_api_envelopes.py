@@ -9,17 +9,27 @@ from pathlib import Path
 import pytest
 
 from lxdproxy.api.envelopes import async_body, check_if_match, error_body, etag_of, sync_body
+from lxdproxy.api.instance_bodies import patch_body, put_body
 from lxdproxy.api.operations import OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.config import validate_proxy_device
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError
-from lxdproxy.manager.writes import from_patch, from_put, plan_changes, validate_devices
+from lxdproxy.manager.writes import diff_devices, validate_devices
+from lxdproxy.manager.writes import from_patch as merge_patch
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 
 
 def fixture(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
+
+
+def from_put(body: dict):
+    return put_body(json.dumps(body).encode())[0]
+
+
+def from_patch(record: dict, body: dict):
+    return merge_patch(record, patch_body(json.dumps(body).encode()))
 
 
 def test_sync_envelope_matches_capture_key_for_key() -> None:
@@ -148,7 +158,7 @@ def test_validation_errors_carry_lxd_prefix_in_sorted_order() -> None:
     with pytest.raises(ConfigError) as err:
         validate_devices({"d": {"listen": "x"}})
     assert err.value.message == ('Invalid devices: Device validation failed for "d": '
-                                 'Missing device type for device "d"')
+                                 'Failed loading device "d": Missing device type in config')
 
 
 def test_only_proxies_are_parsed_others_are_kept_as_is() -> None:
@@ -162,21 +172,22 @@ def _proxy(port: int, **extra: str):
                                   "connect": "tcp:127.0.0.1:80", **extra})
 
 
-def test_plan_stops_removed_and_changed_starts_added_and_changed() -> None:
+def test_diff_stops_removed_and_starts_added_and_changed() -> None:
     old = {"keep": _proxy(1), "gone": _proxy(2), "moved": _proxy(3)}
     new = {"keep": _proxy(1), "moved": _proxy(4), "added": _proxy(5)}
-    plan = plan_changes(old, new)
-    assert plan.stop == ("gone", "moved")
-    assert plan.start == ("added", "moved")
+    diff = diff_devices(old, new)
+    assert diff.stop == ("gone",)
+    assert diff.start == ("added", "moved")  # a changed device is restarted in place
+    assert diff_devices(old, new, namespaces_changed=True).start == ("added", "keep", "moved")
 
 
 def test_plan_restarts_nat_devices_when_nics_change() -> None:
     nat = validate_proxy_device({"type": "proxy", "listen": "tcp:198.18.0.1:80",
                                  "connect": "tcp:198.18.0.11:80", "nat": "true"})
     old = {"n": nat, "p": _proxy(1)}
-    plan = plan_changes(old, dict(old), nics_changed=True)
-    assert plan.stop == ("n",) and plan.start == ("n",)
-    assert plan_changes(old, dict(old)).start == ()
+    diff = diff_devices(old, dict(old), nics_changed=True)
+    assert diff.stop == () and diff.start == ("n",)
+    assert diff_devices(old, dict(old)).start == ()
 
 
 def test_operations_are_kept_for_the_retention_period_then_404() -> None:

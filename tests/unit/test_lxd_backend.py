@@ -21,7 +21,8 @@ from responses import matchers
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.instances.lxd import ONLY_PROXY_DEVICES, LxdBackend
-from lxdproxy.instances.model import Nic
+from lxdproxy.instances.model import InstanceUpdate, Nic
+from lxdproxy.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 LXD = "http://lxd.test"
@@ -52,8 +53,15 @@ def lxd() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture
-async def backend() -> Any:
-    b = LxdBackend(LXD, poll_interval=0.01)
+def store(tmp_path: Path) -> Any:
+    s = Store(tmp_path / "db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def backend(store: Store) -> Any:
+    b = LxdBackend(LXD, store, poll_interval=0.01)
     yield b
     await b.close()
 
@@ -148,35 +156,36 @@ async def test_lifecycle_is_not_supported(lxd, backend):
         await backend.delete("c1")
 
 
-async def test_update_record_accepts_unchanged_and_proxy_only_changes(lxd, backend):
+def _update(record: dict[str, Any]) -> InstanceUpdate:
+    return InstanceUpdate(config=record["config"], devices=record["devices"],
+                          description=record.get("description", ""))
+
+
+async def test_preview_accepts_unchanged_and_proxy_only_changes(lxd, backend):
     lxd.get(f"{LXD}/1.0/instances/c1", json=body("get-instance-c1.json"))
+    lxd.get(f"{LXD}/1.0/instances/c1/state", json=body("get-instance-c1-state.json"))
+    lxd.get(f"{LXD}/1.0/networks/lxdbr0", json=body("get-network-lxdbr0.json"))
     # What pylxd's save() sends back: everything, plus a new proxy device.
     record = copy.deepcopy(C1)
     record["devices"]["web"] = {"type": "proxy", "listen": "tcp:0.0.0.0:80",
                                 "connect": "tcp:127.0.0.1:80"}
-    await backend.update_record("c1", record)
-    # lxc's PUT: exactly the writable keys.
-    lxc_body = {k: copy.deepcopy(C1[k]) for k in
-                ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
-                 "description")}
-    await backend.update_record("c1", lxc_body)
-    # A partial (PATCH-style) record with only devices.
-    await backend.update_record("c1", {"devices": C1["devices"]})
+    inst = await backend.preview("c1", _update(record))
+    assert inst.name == "c1" and inst.running
+    await backend.preview("c1", _update(C1))
 
 
 @pytest.mark.parametrize("change", [
     lambda r: r["config"].__setitem__("limits.cpu", "2"),
     lambda r: r["devices"]["eth0"].__setitem__("ipv4.address", "10.123.0.11"),
     lambda r: r["devices"].pop("hostusr"),
-    lambda r: r.__setitem__("profiles", []),
     lambda r: r.__setitem__("description", "changed"),
 ])
-async def test_update_record_rejects_non_proxy_changes(lxd, backend, change):
+async def test_preview_rejects_non_proxy_changes(lxd, backend, change):
     lxd.get(f"{LXD}/1.0/instances/c1", json=body("get-instance-c1.json"))
     record = copy.deepcopy(C1)
     change(record)
     with pytest.raises(ConfigError) as err:
-        await backend.update_record("c1", record)
+        await backend.preview("c1", _update(record))
     assert str(err.value) == ONLY_PROXY_DEVICES
     assert err.value.status == 400
 
@@ -256,17 +265,17 @@ async def test_network_forward_listen_addresses(lxd, backend):
     assert await backend.network_forward_listen_addresses() == ("198.18.5.1", "fd42::5")
 
 
-async def test_missing_socket_is_a_clear_error(tmp_path):
-    backend = LxdBackend(str(tmp_path / "no.socket"))
+async def test_missing_socket_is_a_clear_error(tmp_path, store):
+    backend = LxdBackend(str(tmp_path / "no.socket"), store)
     with pytest.raises(LxdError, match=r"LXD socket .*no\.socket does not exist"):
         await backend.get_record("c1")
     await backend.close()
 
 
-async def test_unreachable_lxd_is_a_clear_error():
+async def test_unreachable_lxd_is_a_clear_error(store):
     with responses.RequestsMock() as mock:
         mock.get(f"{LXD}/1.0", body=requests.ConnectionError("refused"))
-        backend = LxdBackend(LXD)
+        backend = LxdBackend(LXD, store)
         with pytest.raises(LxdError, match="Failed to connect to LXD at http://lxd.test"):
             await backend.list_names()
         await backend.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lxdproxy.errors import DeviceStartError
+from lxdproxy.config import validate_proxy_device
+from lxdproxy.errors import ConfigError, DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.rules import Hook, build_nat_ruleset, device_label
 from tests.unit.nat_helpers import C1, instance, nat_device
@@ -148,23 +149,29 @@ def test_wildcard_listen_incus_style() -> None:
         "ip6 daddr != ::1 fib daddr type local udp dport 53 dnat ip6 to [fd42::10]:53",)
 
 
-def test_wildcard_listen_without_opt_in_is_rejected() -> None:
-    with pytest.raises(DeviceStartError,
-                       match=r'^Cannot listen on wildcard address "0.0.0.0" when in nat mode$'):
-        build_nat_ruleset(nat_device("tcp:0.0.0.0:80", "tcp:0.0.0.0:80"), C1, "w")
-    with pytest.raises(DeviceStartError, match=r'^Listen address is required$'):
-        build_nat_ruleset(nat_device("tcp::80", "tcp:0.0.0.0:80"), C1, "w")
+def _refused_by_gate(listen: str, connect: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_proxy_device({"type": "proxy", "listen": listen, "connect": connect,
+                               "nat": "true"})
+    return err.value.message
+
+
+def test_wildcard_listen_without_opt_in_is_refused_by_the_gate() -> None:
+    # config/ is the one gate: build_nat_ruleset only ever sees validated devices.
+    assert _refused_by_gate("tcp:0.0.0.0:80", "tcp:0.0.0.0:80") == (
+        'Cannot listen on wildcard address "0.0.0.0" when in nat mode')
+    assert _refused_by_gate("tcp::80", "tcp:[::]:80") == (
+        'Cannot listen on wildcard address "" when in nat mode')
 
 
 def test_driver_prechecks() -> None:
-    with pytest.raises(DeviceStartError,
-                       match="^Mismatch between listen port\\(s\\) and target port\\(s\\) count$"):
-        build_nat_ruleset(nat_device("tcp:192.0.2.2:80-82", "tcp:0.0.0.0:80-81"), C1, "d")
-    with pytest.raises(DeviceStartError, match=r"^Invalid port 70000"):
-        build_nat_ruleset(nat_device("tcp:192.0.2.2:70000", "tcp:0.0.0.0:80"), C1, "d")
-    # Target resolution comes first, as in LXD.
+    assert _refused_by_gate("tcp:192.0.2.2:80-82", "tcp:0.0.0.0:80-81") == (
+        "Mismatch between listen port(s) and target port(s) count")
+    assert _refused_by_gate("tcp:192.0.2.2:70000", "tcp:0.0.0.0:80").endswith(
+        'Invalid port "70000": must be between 1 and 65535')
+    # What only the instance decides: its static addresses.
     with pytest.raises(DeviceStartError, match="must be one of"):
-        build_nat_ruleset(nat_device("tcp:192.0.2.2:80-82", "tcp:10.9.9.9:80-81"), C1, "d")
+        build_nat_ruleset(nat_device("tcp:192.0.2.2:80-82", "tcp:10.9.9.9:80"), C1, "d")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Port mapping (spec §2.1) and LXD's portRangesFromSlice (spec §5.3)."""
+"""Port mapping (spec §2.1) and LXD's portRangesFromSlice (spec §5.3, nat/ports.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lxdproxy.config.port_map import contiguous_runs, map_ports
+from lxdproxy.config.port_map import map_ports
+from lxdproxy.nat.ports import port_ranges_from_slice
+
+
+def contiguous_runs(ports: list[int]) -> list[tuple[int, int]]:
+    return [(r.start, r.size) for r in port_ranges_from_slice(ports)]
 
 
 @pytest.mark.parametrize(
