@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.devices import C1, instance, nat_device
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import Hook, build_nat_ruleset
 from lxdproxy.nat.runtime import apply_device, remove_device
-from tests.unit.nat_helpers import C1, instance, nat_device
 
 pytestmark = pytest.mark.lab
 
@@ -176,7 +176,7 @@ INLINE_SCRIPT = """
 import asyncio
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import build_nat_ruleset
-from tests.unit.nat_helpers import instance, nat_device
+from lab.devices import instance, nat_device
 from lxdproxy.instances.model import Nic
 
 async def main():

@@ -11,9 +11,9 @@ import pytest
 
 from lab import Lab
 from lab import LabInstance as LabInst
+from lab.devices import nat_device
 from lxdproxy.instances.model import Instance, Nic
 from lxdproxy.nat.runtime import apply_device, remove_device
-from tests.unit.nat_helpers import nat_device
 
 pytestmark = pytest.mark.lab
 

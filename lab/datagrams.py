@@ -1,4 +1,5 @@
-"""Helpers (no tests) for the datagram relay tests in tests/integration/test_datagram_*.py.
+"""Driving the datagram relay in the lab: UDP peers that record what they saw, target sockets
+born in a namespace, and a runner for either event loop.
 
 Sockets are born in the lab's namespaces; the relay under test runs on a real event loop
 (asyncio or uvloop) in the test's thread; blocking client calls run in worker threads.
@@ -48,7 +49,7 @@ def target_opener(place: Any, host: str = "127.0.0.1",
     ex = netns_executor(place.namespaces.net)
 
     async def open_target(port: int) -> socket.socket:
-        sock = await ex.asocket(family, socket.SOCK_DGRAM)
+        sock = await ex.run(socket.socket, family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.connect((host, port))
         return sock
