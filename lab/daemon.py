@@ -7,9 +7,12 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from lxdproxy.cli.api_client import ApiError, DaemonClient
 
 REPO = Path(__file__).resolve().parents[1]
 LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
@@ -65,4 +68,27 @@ class RunningDaemon:
         return {**os.environ, "LXD_CONF": str(conf_dir), "LXD_SOCKET": str(self.socket)}
 
 
-from lab.traffic import eventually_roundtrip, roundtrip, unix_roundtrip  # noqa: E402,F401 - re-exported
+
+def lxdproxy_argv() -> list[str]:
+    """The console script next to this interpreter (``-m lxdproxy.cli`` when not installed)."""
+    script = Path(sys.executable).with_name("lxdproxy")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lxdproxy.cli"]
+
+
+def start_daemon(lab: Any, tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`lxdproxy serve` in the lab host netns, state in <tmp>/st, API socket <tmp>/s; returns once
+    the API answers."""
+    sock = str(tmp / "s")
+    proc = lab.host.popen([*lxdproxy_argv(), "serve", "--state-dir", str(tmp / "st"), "--socket",
+                           sock, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            DaemonClient(sock, timeout=5).get("/1.0")
+            return proc, sock
+        except ApiError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -22,40 +22,23 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, separators=(",", ":")) + "\n"
 
 
+def _envelope(type_: str, status: str, status_code: int, operation: str, error_code: int,
+              error: str, metadata: Any) -> dict[str, Any]:
+    # All seven keys, always, in the order LXD marshals api.ResponseRaw.
+    return {"type": type_, "status": status, "status_code": status_code, "operation": operation,
+            "error_code": error_code, "error": error, "metadata": metadata}
+
+
 def sync_body(metadata: Any) -> dict[str, Any]:
-    return {
-        "type": "sync",
-        "status": "Success",
-        "status_code": 200,
-        "operation": "",
-        "error_code": 0,
-        "error": "",
-        "metadata": metadata,
-    }
+    return _envelope("sync", "Success", 200, "", 0, "", metadata)
 
 
 def async_body(operation_url: str, metadata: Any) -> dict[str, Any]:
-    return {
-        "type": "async",
-        "status": "Operation created",
-        "status_code": 100,
-        "operation": operation_url,
-        "error_code": 0,
-        "error": "",
-        "metadata": metadata,
-    }
+    return _envelope("async", "Operation created", 100, operation_url, 0, "", metadata)
 
 
 def error_body(message: str, code: int) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "status": "",
-        "status_code": 0,
-        "operation": "",
-        "error_code": code,
-        "error": message,
-        "metadata": None,
-    }
+    return _envelope("error", "", 0, "", code, message, None)
 
 
 def sync_response(metadata: Any, *, etag: str | None = None) -> web.Response:

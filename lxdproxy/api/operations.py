@@ -25,13 +25,9 @@ class OpStatus(enum.Enum):
     SUCCESS = ("Success", 200)
     FAILURE = ("Failure", 400)
 
-    @property
-    def text(self) -> str:
-        return self.value[0]
-
-    @property
-    def code(self) -> int:
-        return self.value[1]
+    def __init__(self, text: str, code: int) -> None:
+        self.text = text
+        self.code = code
 
 
 def _rfc3339_now() -> str:

@@ -86,36 +86,41 @@ def devices_yaml(devices: dict[str, dict[str, str]]) -> str:
 
 # -- argument parsing ----------------------------------------------------------------------------
 
-def parse_properties(props: list[str]) -> dict[str, str]:
-    """``key=value`` pairs for add/override (lxc: "No value found in %q")."""
+def _key_values(items: list[str], no_equals: str) -> dict[str, str]:
+    """``key=value`` items; ``no_equals`` is the error for one without "=" (``{item}`` in it)."""
     result = {}
-    for prop in props:
-        key, sep, value = prop.partition("=")
+    for item in items:
+        key, sep, value = item.partition("=")
         if not sep:
-            raise CliError(f'No value found in "{prop}"')
+            raise CliError(no_equals.format(item=item))
         result[key] = value
     return result
+
+
+def parse_properties(props: list[str]) -> dict[str, str]:
+    """``key=value`` pairs for add/override (lxc: "No value found in %q")."""
+    return _key_values(props, 'No value found in "{item}"')
 
 
 def parse_set_arguments(args: list[str]) -> dict[str, str]:
     """lxc's getConfig: ``key=value...``, or the legacy single ``key value``."""
     if len(args) == 2 and "=" not in args[0]:
         return {args[0]: args[1]}
-    result = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise CliError(f"Invalid key=value configuration: {arg}")
-        result[key] = value
-    return result
+    return _key_values(args, "Invalid key=value configuration: {item}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def socket_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--socket`` on ``parser`` itself, and a parent parser for its subcommands: accepted before
+    or after the subcommand (SUPPRESS keeps an outer value)."""
     common = argparse.ArgumentParser(add_help=False)
-    # Accepted before or after the subcommand; SUPPRESS keeps an outer value.
     common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
                         help=f"daemon socket (env LXDPROXY_SOCKET, default {default_socket()})")
     parser.add_argument("--socket", default=None, metavar="PATH", help=argparse.SUPPRESS)
+    return common
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common = socket_option(parser)
     sub = parser.add_subparsers(dest="config_command", metavar="COMMAND")
 
     device = sub.add_parser("device", help="manage instance devices (like lxc config device)")

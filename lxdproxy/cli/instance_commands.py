@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from lxdproxy.cli.api_client import ApiError, DaemonClient, default_socket, path_segment
-from lxdproxy.cli.config_commands import CliError
+from lxdproxy.cli.api_client import ApiError, DaemonClient, path_segment
+from lxdproxy.cli.config_commands import CliError, socket_option
 
 PID_KEY = "user.lxdproxy.pid"
 NETNS_KEY = "user.lxdproxy.netns"
@@ -56,10 +56,7 @@ def build_create_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS, metavar="PATH",
-                        help=f"daemon socket (env LXDPROXY_SOCKET, default {default_socket()})")
-    parser.add_argument("--socket", default=None, metavar="PATH", help=argparse.SUPPRESS)
+    common = socket_option(parser)
     sub = parser.add_subparsers(dest="instance_command", metavar="COMMAND")
 
     p = sub.add_parser("add", parents=[common], help="register an instance (a PID or a netns)")

@@ -140,19 +140,8 @@ def _parse_v1(buf: bytearray) -> ParseResult | None:
     payload = bytes(buf[header_length:])
     if proto == b"UNKNOWN":
         # The spec: anything between UNKNOWN and CRLF is ignored; use the real endpoints.
-        return ParseResult(
-            version=1,
-            command=Command.PROXY,
-            transport=Transport.UNSPEC,
-            family=Family.UNSPEC,
-            src_address=None,
-            dst_address=None,
-            src_port=None,
-            dst_port=None,
-            tlvs=(),
-            header_length=header_length,
-            payload=payload,
-        )
+        return ParseResult(1, Command.PROXY, Transport.UNSPEC, Family.UNSPEC, None, None, None, None,
+                           (), header_length, payload)
     if proto not in (b"TCP4", b"TCP6"):
         raise ProxyHeaderError(
             f"malformed PROXY v1 header: unknown protocol {proto[:16]!r} (expected TCP4, TCP6 or UNKNOWN)"
@@ -166,19 +155,8 @@ def _parse_v1(buf: bytearray) -> ParseResult | None:
     dst = _v1_address(fields[3], family, "destination")
     sport = _v1_port(fields[4], "source")
     dport = _v1_port(fields[5], "destination")
-    return ParseResult(
-        version=1,
-        command=Command.PROXY,
-        transport=Transport.STREAM,
-        family=family,
-        src_address=src,
-        dst_address=dst,
-        src_port=sport,
-        dst_port=dport,
-        tlvs=(),
-        header_length=header_length,
-        payload=payload,
-    )
+    return ParseResult(1, Command.PROXY, Transport.STREAM, family, src, dst, sport, dport, (),
+                       header_length, payload)
 
 
 def _v1_address(text: bytes, family: Family, which: str) -> str:
@@ -253,19 +231,15 @@ def _parse_v2(buf: bytearray, max_length: int) -> ParseResult | None:
 def _v2_addresses(
     family: Family, block: bytes
 ) -> tuple[str | bytes | None, str | bytes | None, int | None, int | None]:
-    if family is Family.INET:
+    if family in (Family.INET, Family.INET6):
+        # src address, dst address, src port, dst port (big-endian), addresses 4 or 16 bytes each
+        ip = ipaddress.IPv4Address if family is Family.INET else ipaddress.IPv6Address
+        n = 4 if family is Family.INET else 16
         return (
-            str(ipaddress.IPv4Address(block[0:4])),
-            str(ipaddress.IPv4Address(block[4:8])),
-            int.from_bytes(block[8:10], "big"),
-            int.from_bytes(block[10:12], "big"),
-        )
-    if family is Family.INET6:
-        return (
-            str(ipaddress.IPv6Address(block[0:16])),
-            str(ipaddress.IPv6Address(block[16:32])),
-            int.from_bytes(block[32:34], "big"),
-            int.from_bytes(block[34:36], "big"),
+            str(ip(block[:n])),
+            str(ip(block[n : 2 * n])),
+            int.from_bytes(block[2 * n : 2 * n + 2], "big"),
+            int.from_bytes(block[2 * n + 2 : 2 * n + 4], "big"),
         )
     if family is Family.UNIX:
         return (

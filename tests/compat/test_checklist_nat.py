@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.checklist_support import (
+from lab.checklist import (
     Daemon,
     echo_server,
     eventually,

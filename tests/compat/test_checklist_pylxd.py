@@ -11,11 +11,10 @@ import pytest
 from pylxd import Client
 from pylxd.exceptions import LXDAPIException
 
-from tests.compat.checklist_support import (
+from lab.checklist import (
     P2,
     Daemon,
     P,
-    checklist_daemon,
     echo_server,
     refused,
     tcp_echo,
@@ -24,7 +23,6 @@ from tests.compat.checklist_support import (
 
 pytestmark = [pytest.mark.lab]
 
-__all__ = ["checklist_daemon"]
 
 MSG = b"checklist\n"
 

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.compat.checklist_support import (
+from lab.checklist import (
     PU,
     Daemon,
     P,
-    checklist_daemon,
     echo_server,
     tcp_echo,
     udp_echo,
@@ -25,7 +24,6 @@ from tests.compat.checklist_support import (
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]
 
-__all__ = ["checklist_daemon"]
 
 MSG = b"checklist\n"
 NAME = "proxyTester"

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.compat.checklist_support import (
+from lab.checklist import (
     Daemon,
     P,
-    checklist_daemon,
     echo_server,
     refused,
     tcp_echo,
@@ -26,7 +25,6 @@ from tests.compat.checklist_support import (
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]
 
-__all__ = ["checklist_daemon"]
 
 MSG = b"checklist\n"
 NAME = "proxyTester"

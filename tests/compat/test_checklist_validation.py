@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.compat.checklist_support import P2, Daemon, P, checklist_daemon, echo_server, refused, tcp_echo
+from lab.checklist import P2, Daemon, P, echo_server, refused, tcp_echo
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]
 
-__all__ = ["checklist_daemon"]
 
 PREFIX = 'Error: Invalid devices: Device validation failed for "proxyDev": '
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from lab.daemon import RunningDaemon, eventually_roundtrip, roundtrip
+from lab.daemon import RunningDaemon
+from lab.traffic import eventually_roundtrip, roundtrip
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc,
               pytest.mark.skipif(shutil.which("lxc") is None, reason="lxc client not installed")]

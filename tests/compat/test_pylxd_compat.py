@@ -9,7 +9,8 @@ import pytest
 from pylxd import Client
 from pylxd.exceptions import LXDAPIException, NotFound
 
-from lab.daemon import RunningDaemon, eventually_roundtrip, roundtrip
+from lab.daemon import RunningDaemon
+from lab.traffic import eventually_roundtrip, roundtrip
 
 pytestmark = pytest.mark.lab
 

@@ -6,41 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab import Lab
+from lab.daemon import lxdproxy_argv, start_daemon
 from lab.traffic import roundtrip
-from lxdproxy.cli import main
-from lxdproxy.cli.api_client import ApiError, DaemonClient
 
 pytestmark = pytest.mark.lab
-
-LXDPROXY = Path(sys.executable).with_name("lxdproxy")
-
-
-def start_daemon(lab: Lab, tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`lxdproxy serve` in the lab host netns, state in <tmp>/st, API socket <tmp>/s."""
-    sock = str(tmp / "s")
-    argv = [str(LXDPROXY)] if LXDPROXY.exists() else [sys.executable, "-m", "lxdproxy.cli"]
-    proc = lab.host.popen([*argv, "serve", "--state-dir", str(tmp / "st"), "--socket", sock,
-                           *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        try:
-            DaemonClient(sock, timeout=5).get("/1.0")
-            return proc, sock
-        except ApiError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
 
 @pytest.fixture
 def daemon(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -56,35 +31,23 @@ def daemon(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
             proc.kill()
 
 
-def lx(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return rc, out, err
-
-
-def echo_through(client_place, host: str, port: int, payload: bytes) -> bytes:
-    return roundtrip(client_place, host, port, payload)
-
-
-def test_readme_flow_register_instance_and_forward_a_port(lab, daemon, capsys):
+def test_readme_flow_register_instance_and_forward_a_port(lab, daemon, lx):
     inst = lab.add_instance()
     client = lab.add_client()
     lab.echo(inst, "tcp", "127.0.0.1", 8000)
 
-    rc, out, err = lx(capsys, "instance", "add", "web1", "--pid", str(inst.pid),
+    rc, out, err = lx("instance", "add", "web1", "--pid", str(inst.pid),
                       "--nic", f"eth0,ipv4.address={inst.ipv4}")
     assert (rc, out, err) == (0, "Instance web1 added\n", "")
-    rc, out, _ = lx(capsys, "instance", "list")
+    rc, out, _ = lx("instance", "list")
     assert rc == 0 and "web1" in out and f"pid {inst.pid}" in out and inst.ipv4 in out
 
-    rc, out, err = lx(capsys, "config", "device", "add", "web1", "http", "proxy",
+    rc, out, err = lx("config", "device", "add", "web1", "http", "proxy",
                       f"listen=tcp:{lab.host.ipv4}:8080", "connect=tcp:127.0.0.1:8000")
     assert (rc, out, err) == (0, "Device http added to web1\n", "")
-    assert echo_through(client, lab.host.ipv4, 8080, b"hello") == b"hello"
+    assert roundtrip(client, lab.host.ipv4, 8080, b"hello") == b"hello"
 
-    rc, out, _ = lx(capsys, "config", "device", "show", "web1")
+    rc, out, _ = lx("config", "device", "show", "web1")
     assert out == (
         "eth0:\n"
         f"  ipv4.address: {inst.ipv4}\n"
@@ -97,79 +60,78 @@ def test_readme_flow_register_instance_and_forward_a_port(lab, daemon, capsys):
     )
 
     # Move the listener: set (lxc's key=value form), and the new port answers.
-    rc, _, err = lx(capsys, "config", "device", "set", "web1", "http",
+    rc, _, err = lx("config", "device", "set", "web1", "http",
                     f"listen=tcp:{lab.host.ipv4}:8081")
     assert (rc, err) == (0, "")
-    assert echo_through(client, lab.host.ipv4, 8081, b"moved") == b"moved"
+    assert roundtrip(client, lab.host.ipv4, 8081, b"moved") == b"moved"
     with pytest.raises(ConnectionRefusedError):
-        echo_through(client, lab.host.ipv4, 8080, b"old")
+        roundtrip(client, lab.host.ipv4, 8080, b"old")
 
-    rc, out, _ = lx(capsys, "config", "device", "remove", "web1", "http")
+    rc, out, _ = lx("config", "device", "remove", "web1", "http")
     assert (rc, out) == (0, "Device http removed from web1\n")
     with pytest.raises(ConnectionRefusedError):
-        echo_through(client, lab.host.ipv4, 8081, b"gone")
+        roundtrip(client, lab.host.ipv4, 8081, b"gone")
 
-    rc, out, _ = lx(capsys, "instance", "remove", "web1")
+    rc, out, _ = lx("instance", "remove", "web1")
     assert (rc, out) == (0, "Instance web1 removed\n")
-    rc, out, _ = lx(capsys, "instance", "list")
+    rc, out, _ = lx("instance", "list")
     assert "web1" not in out
 
 
-def test_device_commands_and_lxc_errors(lab, daemon, capsys):
+def test_device_commands_and_lxc_errors(lab, daemon, lx):
     inst = lab.add_instance()
-    assert lx(capsys, "instance", "add", "c1", "--pid", str(inst.pid))[0] == 0
+    assert lx("instance", "add", "c1", "--pid", str(inst.pid))[0] == 0
     listen = f"listen=tcp:{lab.host.ipv4}:9000"
-    assert lx(capsys, "config", "device", "add", "c1", "p", "proxy", listen,
+    assert lx("config", "device", "add", "c1", "p", "proxy", listen,
               "connect=tcp:127.0.0.1:9")[0] == 0
 
-    assert lx(capsys, "config", "device", "add", "c1", "p", "proxy", listen,
+    assert lx("config", "device", "add", "c1", "p", "proxy", listen,
               "connect=tcp:127.0.0.1:9") == (1, "", "Error: The device already exists\n")
-    assert lx(capsys, "config", "device", "get", "c1", "p", "connect") == (
+    assert lx("config", "device", "get", "c1", "p", "connect") == (
         0, "tcp:127.0.0.1:9\n", "")
-    assert lx(capsys, "config", "device", "get", "c1", "p", "nope") == (0, "\n", "")
-    assert lx(capsys, "config", "device", "get", "c1", "q", "connect") == (
+    assert lx("config", "device", "get", "c1", "p", "nope") == (0, "\n", "")
+    assert lx("config", "device", "get", "c1", "q", "connect") == (
         1, "", "Error: Device doesn't exist\n")
     # Legacy "key value" form of set, then unset removes the key.
-    assert lx(capsys, "config", "device", "set", "c1", "p", "proxy_protocol", "true")[0] == 0
-    assert lx(capsys, "config", "device", "get", "c1", "p", "proxy_protocol")[1] == "true\n"
-    assert '  proxy_protocol: "true"\n' in lx(capsys, "config", "device", "show", "c1")[1]
-    assert lx(capsys, "config", "device", "unset", "c1", "p", "proxy_protocol")[0] == 0
-    assert "proxy_protocol" not in lx(capsys, "config", "device", "show", "c1")[1]
-    assert lx(capsys, "config", "device", "set", "c1", "p", "a=1", "broken") == (
+    assert lx("config", "device", "set", "c1", "p", "proxy_protocol", "true")[0] == 0
+    assert lx("config", "device", "get", "c1", "p", "proxy_protocol")[1] == "true\n"
+    assert '  proxy_protocol: "true"\n' in lx("config", "device", "show", "c1")[1]
+    assert lx("config", "device", "unset", "c1", "p", "proxy_protocol")[0] == 0
+    assert "proxy_protocol" not in lx("config", "device", "show", "c1")[1]
+    assert lx("config", "device", "set", "c1", "p", "a=1", "broken") == (
         1, "", "Error: Invalid key=value configuration: broken\n")
-    assert lx(capsys, "config", "device", "add", "c1", "x", "proxy", "listen") == (
+    assert lx("config", "device", "add", "c1", "x", "proxy", "listen") == (
         1, "", 'Error: No value found in "listen"\n')
     # The daemon's validation error comes back in LXD's words; nothing changes.
-    rc, _, err = lx(capsys, "config", "device", "add", "c1", "bad", "proxy", listen.replace(
+    rc, _, err = lx("config", "device", "add", "c1", "bad", "proxy", listen.replace(
         "9000", "9001"), "connect=tcp:localhost:80")
     assert rc == 1
     assert err == ('Error: Invalid devices: Device validation failed for "bad": Invalid value '
                    'for device option "connect": Not an IP address "localhost"\n')
-    assert lx(capsys, "config", "device", "list", "c1") == (0, "p\n", "")
-    assert lx(capsys, "config", "device", "show", "nope") == (
+    assert lx("config", "device", "list", "c1") == (0, "p\n", "")
+    assert lx("config", "device", "show", "nope") == (
         1, "", "Error: Instance not found\n")
     # --socket after the subcommand wins over the environment.
-    rc, _, err = lx(capsys, "config", "device", "list", "c1", "--socket", "/nonexistent/s")
+    rc, _, err = lx("config", "device", "list", "c1", "--socket", "/nonexistent/s")
     assert rc == 1 and err.startswith("Error: lxdproxy socket /nonexistent/s not found")
-    assert lx(capsys, "config", "device", "remove", "c1", "p", "q") == (
+    assert lx("config", "device", "remove", "c1", "p", "q") == (
         1, "", "Error: Device doesn't exist\n")
-    assert lx(capsys, "config", "device", "remove", "c1", "p")[0] == 0
-    assert lx(capsys, "config", "device", "show", "c1") == (0, "{}\n", "")
+    assert lx("config", "device", "remove", "c1", "p")[0] == 0
+    assert lx("config", "device", "show", "c1") == (0, "{}\n", "")
 
 
-def test_instance_add_errors(lab, daemon, capsys):
-    rc, _, err = lx(capsys, "instance", "add", "n1", "--netns", "lxpX-does-not-exist")
+def test_instance_add_errors(lab, daemon, lx):
+    rc, _, err = lx("instance", "add", "n1", "--netns", "lxpX-does-not-exist")
     assert rc == 1 and err.startswith('Error: Invalid value for config "user.lxdproxy.netns"')
-    rc, _, err = lx(capsys, "instance", "add", "n1", "--pid", "1", "--nic", "eth0,ipv4.address")
+    rc, _, err = lx("instance", "add", "n1", "--pid", "1", "--nic", "eth0,ipv4.address")
     assert (rc, err) == (1, 'Error: Invalid --nic "eth0,ipv4.address": No value found in '
                             '"ipv4.address"\n')
-    assert lx(capsys, "instance", "remove", "n1") == (1, "", "Error: Instance not found\n")
+    assert lx("instance", "remove", "n1") == (1, "", "Error: Instance not found\n")
 
 
 def test_console_script_prints_error_without_traceback(tmp_path):
     env = {**os.environ, "LXDPROXY_SOCKET": str(tmp_path / "none")}
-    argv = [str(LXDPROXY)] if LXDPROXY.exists() else [sys.executable, "-m", "lxdproxy.cli"]
-    proc = subprocess.run([*argv, "config", "device", "show", "c1"], env=env,
+    proc = subprocess.run([*lxdproxy_argv(), "config", "device", "show", "c1"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: lxdproxy socket {tmp_path / 'none'} not found: is the daemon "

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
+from lab.daemon import start_daemon
 from lxdproxy.api.tls import TrustStore, generate_self_signed
 from lxdproxy.cli import main
-from tests.integration.test_cli_daemon import start_daemon
 
 pytestmark = [pytest.mark.lab, pytest.mark.lxc]
 

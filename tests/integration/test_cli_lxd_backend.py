@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from lab.daemon import start_daemon
+from lab.traffic import roundtrip
 from lxdproxy.cli import main
-from tests.integration.test_cli_daemon import echo_through, lx, start_daemon
 
 pytestmark = pytest.mark.lab
 
@@ -124,7 +125,7 @@ def serve_fake(tmp_path: Path) -> Iterator[Any]:
         loop.close()
 
 
-def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, capsys, monkeypatch):
+def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, lx, monkeypatch):
     inst = lab.add_instance()
     client = lab.add_client()
     fake = FakeRealLxd(inst.pid, inst.ipv4)
@@ -133,17 +134,17 @@ def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, capsys, monkeypatch):
     monkeypatch.setenv("LXDPROXY_SOCKET", sock)
     try:
         old_echo = lab.echo(inst, "tcp", "127.0.0.1", 8000)
-        rc, out, err = lx(capsys, "config", "device", "add", "c1", "web", "proxy",
+        rc, out, err = lx("config", "device", "add", "c1", "web", "proxy",
                           f"listen=tcp:{lab.host.ipv4}:8080", "connect=tcp:127.0.0.1:8000")
         assert (rc, err) == (0, "")
-        assert echo_through(client, lab.host.ipv4, 8080, b"via lxd") == b"via lxd"
+        assert roundtrip(client, lab.host.ipv4, 8080, b"via lxd") == b"via lxd"
 
         # LXD's own devices show through; the proxy device is merged in by the shim.
-        assert lx(capsys, "config", "device", "list", "c1")[1] == "eth0\nhostusr\nweb\n"
+        assert lx("config", "device", "list", "c1")[1] == "eth0\nhostusr\nweb\n"
         # A non-proxy change is refused, not silently dropped or written to LXD.
-        assert lx(capsys, "config", "device", "set", "c1", "eth0", "ipv4.address=10.1.1.1") == (
+        assert lx("config", "device", "set", "c1", "eth0", "ipv4.address=10.1.1.1") == (
             1, "", "Error: Only proxy devices can be changed through lxdproxy\n")
-        assert lx(capsys, "instance", "remove", "c1") == (
+        assert lx("instance", "remove", "c1") == (
             1, "", "Error: Deleting instances is not supported with the LXD backend\n")
 
         # The instance restarts (new init PID, new namespaces): the device follows it.
@@ -155,7 +156,7 @@ def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, capsys, monkeypatch):
         deadline = time.monotonic() + 30
         while True:
             try:
-                if echo_through(client, lab.host.ipv4, 8080, b"after restart") == (
+                if roundtrip(client, lab.host.ipv4, 8080, b"after restart") == (
                         b"after restart"):
                     break
             except OSError:
@@ -165,7 +166,7 @@ def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, capsys, monkeypatch):
         assert fake.writes == []
         assert main(["config", "device", "remove", "c1", "web"]) == 0
         with pytest.raises(ConnectionRefusedError):
-            echo_through(client, lab.host.ipv4, 8080, b"gone")
+            roundtrip(client, lab.host.ipv4, 8080, b"gone")
     finally:
         proc.terminate()
         proc.wait(10)

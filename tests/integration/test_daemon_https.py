@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from lab.daemon import LXDPROXY, NFT_TABLE, roundtrip
+from lab.daemon import LXDPROXY, NFT_TABLE
+from lab.traffic import roundtrip
 from lxdproxy.api.tls import TrustStore, generate_self_signed
 
 pytestmark = [pytest.mark.lab,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pylxd import Client
 
-from lab.daemon import NFT_TABLE, RunningDaemon, eventually_roundtrip, roundtrip
+from lab.daemon import NFT_TABLE, RunningDaemon
+from lab.traffic import eventually_roundtrip, roundtrip
 
 pytestmark = pytest.mark.lab
 

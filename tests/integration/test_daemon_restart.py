@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 from pylxd import Client
 
-from lab.daemon import (
-    LXDPROXY,
-    NFT_TABLE,
-    RunningDaemon,
-    eventually_roundtrip,
-    roundtrip,
-    unix_roundtrip,
-)
+from lab.daemon import LXDPROXY, NFT_TABLE, RunningDaemon
+from lab.traffic import eventually_roundtrip, roundtrip, unix_roundtrip
 
 pytestmark = pytest.mark.lab
 

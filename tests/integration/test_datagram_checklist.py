@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.datagrams import UdpRecorder, open_fds, run
+from lab.devices import proxy
+from lab.forwarding import roundtrip, started
 from lxdproxy.forward import Forwarder
-from tests.integration.test_datagram_support import UdpRecorder, open_fds, run
-from tests.integration.test_forward_support import proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ import socket
 
 import pytest
 
+from lab.datagrams import run
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
-from tests.integration.test_datagram_support import run
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
+from lab.datagrams import UdpRecorder, open_fds, run, wait_until
 from lxdproxy.forward.udp.listener import relay_stream_to_datagram
 from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
-from tests.integration.test_datagram_support import UdpRecorder, open_fds, run, wait_until
 
 pytestmark = pytest.mark.lab
 

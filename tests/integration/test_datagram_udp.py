@@ -8,9 +8,7 @@ import socket
 
 import pytest
 
-from lxdproxy.forward.udp.listener import UdpListenerRelay
-from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
-from tests.integration.test_datagram_support import (
+from lab.datagrams import (
     UdpRecorder,
     exchange,
     open_fds,
@@ -20,6 +18,8 @@ from tests.integration.test_datagram_support import (
     udp_listener,
     wait_until,
 )
+from lxdproxy.forward.udp.listener import UdpListenerRelay
+from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ import socket
 
 import pytest
 
+from lab.datagrams import UdpRecorder, run, target_opener
 from lxdproxy.forward.udp.listener import UdpListenerRelay
 from lxdproxy.proxy_protocol.codec import Transport, encode_v2, parse_header
-from tests.integration.test_datagram_support import UdpRecorder, run, target_opener
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.devices import proxy
+from lab.forwarding import roundtrip, started
 from lxdproxy.forward import Forwarder
 from lxdproxy.proxy_protocol.codec import Transport, parse_header
-from tests.integration.test_forward_support import proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 
@@ -40,6 +41,7 @@ async def udp_roundtrip(place, addr: tuple, payload: bytes) -> bytes:
     return await asyncio.to_thread(_udp_exchange, sock, addr, payload)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_checklist_f_udp_to_udp(lab: Lab, fwd: Forwarder) -> None:
     inst = lab.add_instance()
     lab.echo(inst, "udp", "127.0.0.1", 4321)
@@ -67,6 +69,7 @@ async def test_udp_range_and_bind_instance(lab: Lab, fwd: Forwarder) -> None:
     assert await udp_roundtrip(inst, ("127.0.0.1", 53), b"q") == b"4321:q"  # dual-stack
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_checklist_h_tcp_to_udp_reply_after_half_close(lab: Lab, fwd: Forwarder) -> None:
     inst = lab.add_instance()
     lab.echo(inst, "udp", "127.0.0.1", 4321)

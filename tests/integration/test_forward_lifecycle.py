@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lab import Lab
+from lab.devices import proxy
+from lab.forwarding import fd_count, roundtrip, started
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward import Forwarder
 from lxdproxy.netns import netns_executor
-from tests.integration.test_forward_support import fd_count, proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 

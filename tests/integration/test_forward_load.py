@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lab import Lab
+from lab.devices import proxy
+from lab.forwarding import fd_count, roundtrip, started
 from lxdproxy.forward import Forwarder
 from lxdproxy.netns import netns_executor
-from tests.integration.test_forward_support import fd_count, proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 
@@ -45,6 +46,7 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return data
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_thousand_concurrent_connections_then_fds_back_to_baseline(
     lab: Lab, fwd: Forwarder, many_fds: None
 ) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.devices import proxy
+from lab.forwarding import started
 from lxdproxy.forward import Forwarder
 from lxdproxy.proxy_protocol.codec import Transport, parse_header
-from tests.integration.test_forward_support import proxy, started
 
 pytestmark = pytest.mark.lab
 

@@ -14,9 +14,9 @@ import socket
 
 import pytest
 
+from lab.forwarding import fd_count as _fd_count
 from lxdproxy.forward.relay_state import Side
 from lxdproxy.forward.stream_relay import SPLICE_AFTER, RelayMode, StreamRelay
-from tests.integration.test_forward_support import fd_count as _fd_count  # noqa: E402
 
 
 class Pair:
@@ -47,6 +47,7 @@ async def _read_to_eof(sock: socket.socket) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 @pytest.mark.parametrize("mode", list(RelayMode))
 async def test_bulk_both_ways_then_half_close_answer_arrives(mode: RelayMode) -> None:
     before = _fd_count()
@@ -98,6 +99,7 @@ async def test_close_from_outside_releases_everything() -> None:
     assert _fd_count() == before
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_splice_einval_falls_back_to_copy_without_losing_bytes() -> None:
     # The kernel refuses splice into a file opened O_APPEND (EINVAL) - for sockets too. The first
     # chunk is then already in the pipe and must come out through the copy path.
@@ -135,6 +137,7 @@ async def test_splice_einval_falls_back_to_copy_without_losing_bytes() -> None:
     app_target.close()
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_rights_mode_carries_fds_and_closes_our_copies() -> None:
     p = Pair(RelayMode.RIGHTS)
     r, w = os.pipe()

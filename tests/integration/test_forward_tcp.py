@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lab import Lab
+from lab.devices import proxy
+from lab.forwarding import roundtrip, started
 from lxdproxy.forward import Forwarder
-from tests.integration.test_forward_support import proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 
@@ -37,6 +38,7 @@ async def test_ipv6_listen_and_connect(lab: Lab, fwd: Forwarder) -> None:
     assert await roundtrip(lab.host, ("::1", 1234), b"six") == b"six"
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 @pytest.mark.parametrize("listen", ["tcp:0.0.0.0:1234", "tcp:[::]:1234", "tcp::1234"])
 async def test_wildcard_listen_is_dual_stack(lab: Lab, fwd: Forwarder, listen: str) -> None:
     inst = lab.add_instance()
@@ -85,6 +87,7 @@ async def test_bind_instance_listens_inside_and_connects_on_the_host_side(
         ("tcp:127.0.0.1:1234-1236", "tcp:127.0.0.1:4322", {1234: 4322, 1235: 4322, 1236: 4322}),
     ],
 )
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_port_ranges_map_to_the_right_backend(
     lab: Lab, fwd: Forwarder, listen: str, connect: str, expected: dict[int, int]
 ) -> None:
@@ -96,6 +99,7 @@ async def test_port_ranges_map_to_the_right_backend(
         assert got == f"{cport}:x".encode(), lport
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_half_close_answer_after_eof_arrives(lab: Lab, fwd: Forwarder) -> None:
     # checklist B4 with `nc -N`: the backend answers only after it saw the client's EOF.
     inst = lab.add_instance()

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, _wait_ready
+from lab.devices import proxy
+from lab.forwarding import fd_count, roundtrip, started
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward import Forwarder
-from tests.integration.test_forward_support import fd_count, proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
 
@@ -44,6 +45,7 @@ def _ns(lab: Lab, inst) -> dict:
     return {"listen_ns": lab.host.namespaces, "connect_ns": inst.namespaces, "instance_name": "c1"}
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 @pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
 async def test_checklist_c_unix_to_unix(lab: Lab, fwd: Forwarder, tmp_path: Path,
                                         userns: bool) -> None:
@@ -127,6 +129,7 @@ async def test_stale_file_at_the_listen_path_is_replaced(
     assert await roundtrip(None, host_sock, b"fresh") == b"fresh"
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 @pytest.mark.parametrize("userns", [False, True], ids=["plain", "userns"])
 async def test_bind_instance_unix_listener_gets_instance_ids_and_security_ids_on_host(
     lab: Lab, fwd: Forwarder, open_dir: Path, userns: bool
@@ -192,6 +195,7 @@ while True:
 """
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
 async def test_scm_rights_travel_through_unix_to_unix(
     lab: Lab, fwd: Forwarder, tmp_path: Path
 ) -> None:

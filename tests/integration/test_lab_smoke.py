@@ -63,13 +63,22 @@ def test_teardown_leaves_nothing_behind() -> None:
         client = lab.add_client()
         server = lab.echo(inst, "tcp", "0.0.0.0", 4321)
         names = [lab.host.name, client.name]
+        lab_links = {inst.veth_host, client.veth_host, "br0"}
         pids = [inst.pid, server.pid]
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    # Whole names, never substrings: a machine running LXD has lxdbr0 (and an lxd netns or two).
+    listed = _first_words(["ip", "netns", "list"])
     for name in names:
         assert name not in listed
         assert not os.path.exists(f"/run/netns/{name}")
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     # The machine's own namespace gained no links from the lab.
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "vi11" not in links and "br0" not in links
+    links = {word.rstrip(":").partition("@")[0] for word in _first_words(["ip", "-o", "link"], 1)}
+    assert "lo" in links  # the parse itself works
+    assert not lab_links & links
+
+
+def _first_words(argv: list[str], index: int = 0) -> set[str]:
+    """Word ``index`` of every line ``argv`` prints (``ip -o link``: "1: lo: <...>")."""
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {line.split()[index] for line in out.splitlines() if line.strip()}

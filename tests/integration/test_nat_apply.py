@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.devices import C1, instance, nat_device
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import DEFAULT_TABLE, Hook, build_nat_ruleset
 from lxdproxy.nat.runtime import NatRuntime
-from tests.unit.nat_helpers import C1, instance, nat_device
 
 
 async def apply_device(inst, device_name, device, *, net_path=None, table=DEFAULT_TABLE):
@@ -186,7 +186,7 @@ INLINE_SCRIPT = """
 import asyncio
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import build_nat_ruleset
-from tests.unit.nat_helpers import instance, nat_device
+from lab.devices import instance, nat_device
 from lxdproxy.instances.model import Nic
 
 async def main():

@@ -11,10 +11,10 @@ import pytest
 
 from lab import Lab
 from lab import LabInstance as LabInst
+from lab.devices import nat_device
 from lxdproxy.instances.model import Instance, Nic
 from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.nat.runtime import NatRuntime
-from tests.unit.nat_helpers import nat_device
 
 
 async def apply_device(inst, device_name, device, *, net_path=None, table=DEFAULT_TABLE):

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lxdproxy.config import ConnType, ProxyAddress, format_address, parse_address
+from lxdproxy.config import format_address, parse_address
 from lxdproxy.config.address import compress_ports
 from lxdproxy.config.gonet import parse_ip, split_host_port
+from lxdproxy.config.model import ConnType, ProxyAddress
 from lxdproxy.errors import ConfigError
 
 TCP, UDP, UNIX = ConnType.TCP, ConnType.UDP, ConnType.UNIX

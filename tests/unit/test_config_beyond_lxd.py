@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lxdproxy.config import InstanceType, ProxyDevice, ProxyProtocol, validate_proxy_device
+from lxdproxy.config import validate_proxy_device
+from lxdproxy.config.model import InstanceType, ProxyDevice, ProxyProtocol
 from lxdproxy.errors import ConfigError
 
 NAT_OK = {"listen": "tcp:127.0.0.1:1234", "connect": "tcp:192.0.2.10:1234", "nat": "true"}

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lxdproxy.config import (
-    BindSide,
-    ConnType,
-    InstanceType,
-    ProxyAddress,
-    ProxyProtocol,
-    validate_proxy_device,
-)
+from lxdproxy.config import validate_proxy_device
+from lxdproxy.config.model import BindSide, ConnType, InstanceType, ProxyAddress, ProxyProtocol
 from lxdproxy.errors import ConfigError
 
 VM = InstanceType.VM

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from lab.devices import C1, instance, nat_device
 from lxdproxy.config import validate_proxy_device
 from lxdproxy.errors import ConfigError, DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.rules import Hook, build_nat_ruleset, device_label
-from tests.unit.nat_helpers import C1, instance, nat_device
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nft"
 

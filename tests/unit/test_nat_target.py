@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
+from lab.devices import C1, instance, nat_device
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.target import resolve_nat_target
-from tests.unit.nat_helpers import C1, instance, nat_device
 
 
 def test_exact_static_ipv4() -> None:

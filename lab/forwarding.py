@@ -1,4 +1,5 @@
-"""Shared helpers for the forwarder's lab tests (no tests here).
+"""Driving a Forwarder in the lab: start a device with the lab's namespaces, stream round trips
+from a lab place, and the fd count that leak checks compare.
 
 Client I/O runs in threads (``asyncio.to_thread``): the forwarder under test lives on the test's
 own event loop, so a blocking client call on that loop would deadlock it.
@@ -10,20 +11,12 @@ import asyncio
 import gc
 import os
 import socket
-from collections.abc import Mapping
 from typing import Any
 
-from lxdproxy.config import validate_proxy_device
 from lxdproxy.config.model import ProxyDevice
 from lxdproxy.forward import Forwarder
 
 Address = tuple[Any, ...] | str | bytes
-
-
-def proxy(**config: str) -> ProxyDevice:
-    """A device from LXD-style keys; ``security_uid`` stands for ``security.uid``."""
-    raw: Mapping[str, str] = {k.replace("security_", "security."): v for k, v in config.items()}
-    return validate_proxy_device({"type": "proxy", **raw})
 
 
 def unix_address(path: str) -> str | bytes:

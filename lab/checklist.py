@@ -1,4 +1,4 @@
-"""Helpers for the LXD acceptance checklist (spec §7, LXD's test/suites/container_devices_proxy.sh)
+"""The LXD acceptance checklist's driver (spec §7, LXD's test/suites/container_devices_proxy.sh)
 run the way an external judge would: the real daemon inside ``lab.host``, instances registered
 with ``POST /1.0/instances``, devices driven by the real ``lxc`` 5.0.2 client.
 
@@ -14,15 +14,12 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lab.daemon import start_in_lab_host
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # Override to run the checklist against another build (e.g. a mutated copy, to see it go red).
 LXDPROXY = Path(os.environ.get("LXDPROXY_CHECKLIST_BIN") or REPO / ".venv" / "bin" / "lxdproxy")
 LXC = "/usr/bin/lxc"
@@ -196,13 +193,6 @@ def chain_rules(ruleset: str, table: str, chain: str) -> list[str] | None:
 def nat_chains(daemon: Daemon, label: str) -> dict[str, list[str] | None]:
     rs = daemon.ruleset()
     return {c: chain_rules(rs, daemon.nft_table, f"{c}.{label}") for c in ("prert", "out", "pstrt")}
-
-
-@pytest.fixture
-def checklist_daemon(lab: Any, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(lab, tmp_path).start()
-    yield d
-    assert d.stop() == 0, d.log.read_text()
 
 
 # -- traffic -----------------------------------------------------------------------------------

@@ -1,9 +1,21 @@
-"""Test-only builders for NAT tests: ProxyDevice/Instance values from short strings."""
+"""ProxyDevice and Instance values from short strings, for tests and benchmarks.
+
+``proxy`` goes through the one validation gate (LXD-style keys); ``nat_device`` builds the value
+directly, so NAT code can be fed devices the gate would refuse."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from lxdproxy.config import validate_proxy_device
 from lxdproxy.config.model import BindSide, ConnType, InstanceType, ProxyAddress, ProxyDevice
 from lxdproxy.instances.model import Instance, Nic
+
+
+def proxy(**config: str) -> ProxyDevice:
+    """A device from LXD-style keys; ``security_uid`` stands for ``security.uid``."""
+    raw: Mapping[str, str] = {k.replace("security_", "security."): v for k, v in config.items()}
+    return validate_proxy_device({"type": "proxy", **raw})
 
 
 def addr(text: str) -> ProxyAddress:

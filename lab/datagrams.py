@@ -1,4 +1,5 @@
-"""Helpers (no tests) for the datagram relay tests in tests/integration/test_datagram_*.py.
+"""Driving the datagram relay in the lab: UDP peers that record what they saw, target sockets
+born in a namespace, and a runner for either event loop.
 
 Sockets are born in the lab's namespaces; the relay under test runs on a real event loop
 (asyncio or uvloop) in the test's thread; blocking client calls run in worker threads.
