@@ -23,7 +23,7 @@ from lxdproxy.api.envelopes import (
 from lxdproxy.api.events import EventHub
 from lxdproxy.api.instance_bodies import create_body, patch_body, put_body
 from lxdproxy.api.instance_filter import matches, parse_filter
-from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
+from lxdproxy.api.operations import OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
 from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
@@ -97,12 +97,16 @@ def _recursion(request: web.Request) -> int:
         return 0
 
 
-def _finished(request: web.Request, description: str, name: str, *, err: str = "",
-              metadata: dict[str, Any] | None = None) -> Operation:
+def _operation(request: web.Request, description: str, name: str, event: str, *, err: str = "",
+               metadata: dict[str, Any] | None = None) -> web.Response:
+    """The finished operation of a write (202), its event, and the lifecycle ``event`` if it
+    succeeded (LXD reports start failures of a write through the operation: 202 + Failure)."""
     op = request.app[OPS].finished(description, instance_resources(name), err=err,
                                    metadata=metadata)
     request.app[EVENTS].publish("operation", op.to_json())
-    return op
+    if not err:
+        request.app[EVENTS].lifecycle(event, name)
+    return async_response(op.url, op.to_json())
 
 
 # -- server -----------------------------------------------------------------------------------
@@ -163,11 +167,8 @@ async def create_instance(request: web.Request) -> web.Response:
         err = ""
     except DeviceStartError as exc:
         name, err = str(body.get("name")), exc.message
-    op = _finished(request, "Creating instance", name, err=err,
-                   metadata={"entity_url": f"/1.0/instances/{name}"})
-    if not err:
-        request.app[EVENTS].lifecycle("instance-created", name)
-    return async_response(op.url, op.to_json())
+    return _operation(request, "Creating instance", name, "instance-created", err=err,
+                      metadata={"entity_url": f"/1.0/instances/{name}"})
 
 
 async def get_instance(request: web.Request) -> web.Response:
@@ -190,12 +191,8 @@ async def put_instance(request: web.Request) -> web.Response:
         await manager.put(name, update, _if_match(request))
         err = ""
     except DeviceStartError as exc:
-        # LXD reports start failures of a PUT through the operation (202 + Failure).
         err = exc.message
-    op = _finished(request, "Updating instance", name, err=err)
-    if not err:
-        request.app[EVENTS].lifecycle("instance-updated", name)
-    return async_response(op.url, op.to_json())
+    return _operation(request, "Updating instance", name, "instance-updated", err=err)
 
 
 async def patch_instance(request: web.Request) -> web.Response:
@@ -210,9 +207,7 @@ async def delete_instance(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     name = request.match_info["name"]
     await manager.delete(name)
-    op = _finished(request, "Deleting instance", name)
-    request.app[EVENTS].lifecycle("instance-deleted", name)
-    return async_response(op.url, op.to_json())
+    return _operation(request, "Deleting instance", name, "instance-deleted")
 
 
 async def post_instance(request: web.Request) -> web.Response:
@@ -229,6 +224,8 @@ async def get_instance_state(request: web.Request) -> web.Response:
 
 STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
                       "restart": "Restarting instance"}
+STATE_EVENTS = {"start": "instance-started", "stop": "instance-stopped",
+                "restart": "instance-restarted"}
 
 
 async def put_instance_state(request: web.Request) -> web.Response:
@@ -243,12 +240,7 @@ async def put_instance_state(request: web.Request) -> web.Response:
         err = ""
     except DeviceStartError as exc:
         err = exc.message
-    op = _finished(request, STATE_DESCRIPTIONS[action], name, err=err)
-    if not err:
-        event = {"start": "instance-started", "stop": "instance-stopped",
-                 "restart": "instance-restarted"}[action]
-        request.app[EVENTS].lifecycle(event, name)
-    return async_response(op.url, op.to_json())
+    return _operation(request, STATE_DESCRIPTIONS[action], name, STATE_EVENTS[action], err=err)
 
 
 # -- operations -------------------------------------------------------------------------------

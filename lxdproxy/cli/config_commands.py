@@ -8,12 +8,12 @@ the operation. Errors print as ``Error: <message>`` on stderr with exit status 1
 from __future__ import annotations
 
 import argparse
-import base64
 import re
 import sys
 from typing import Any
 
 from lxdproxy.cli.api_client import ApiError, DaemonClient, default_socket, path_segment
+from lxdproxy.daemon import DEFAULT_STATE_DIR
 
 WRITABLE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
                  "description")
@@ -156,10 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("key")
 
     trust = sub.add_parser("trust", help="manage trusted client certificates (HTTPS API)")
-    tcommon = argparse.ArgumentParser(add_help=False, parents=[common])
+    tcommon = argparse.ArgumentParser(add_help=False)
     tcommon.add_argument("--state-dir", default=argparse.SUPPRESS, metavar="DIR",
-                         help="edit the trust store in DIR directly instead of via the daemon")
-    trust.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
+                         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR}): the "
+                              "trust store is a file there, which the daemon re-reads")
+    trust.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=argparse.SUPPRESS)
     tsub = trust.add_subparsers(dest="trust_command", metavar="COMMAND")
     p = tsub.add_parser("add", parents=[tcommon], help="trust a client certificate (PEM file)")
     p.add_argument("cert_file")
@@ -284,47 +285,15 @@ def run_trust(args: argparse.Namespace) -> int:
     cmd = args.trust_command
     if cmd is None:
         raise CliError("Missing trust command (add, list, remove)")
-    if args.state_dir:
-        # Direct mode: the daemon re-reads the trust file when it changes.
-        from lxdproxy.api.tls import TrustStore
+    from lxdproxy.api.tls import TrustStore
 
-        store = TrustStore(args.state_dir)
-        if cmd == "add":
-            store.add(args.cert_file, name=args.name)
-        elif cmd in ("list", "ls"):
-            _print_trust_table([e.to_lxd() for e in store.list()])
-        else:
-            store.remove(args.fingerprint)
-        return 0
-
-    client = DaemonClient(args.socket)
-    try:
-        return _run_trust_api(client, args)
-    except ApiError as exc:
-        if exc.status == 404 and exc.message == "not found":  # no such route
-            raise CliError("This lxdproxy daemon does not serve /1.0/certificates: use "
-                           "--state-dir <daemon state dir> to edit its trust store") from exc
-        raise
-
-
-def _run_trust_api(client: DaemonClient, args: argparse.Namespace) -> int:
-    cmd = args.trust_command
+    store = TrustStore(args.state_dir)
     if cmd == "add":
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        from lxdproxy.api.tls import load_certificate
-
-        der = load_certificate(args.cert_file).public_bytes(Encoding.DER)
-        body: dict[str, Any] = {"type": "client", "certificate": base64.b64encode(der).decode()}
-        if args.name:
-            body["name"] = args.name
-        client.write("POST", "/1.0/certificates", body)
+        store.add(args.cert_file, name=args.name)
     elif cmd in ("list", "ls"):
-        entries = client.get("/1.0/certificates?recursion=1").metadata or []
-        _print_trust_table(sorted(entries, key=lambda e: (e.get("name", ""),
-                                                          e.get("fingerprint", ""))))
+        _print_trust_table([e.to_lxd() for e in store.list()])
     else:
-        client.write("DELETE", f"/1.0/certificates/{path_segment(args.fingerprint)}")
+        store.remove(args.fingerprint)
     return 0
 
 

@@ -5,7 +5,6 @@ profile-inherited devices (the local daemon has no profile devices), and the tru
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import threading
 import uuid
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lxdproxy.api.tls import TrustStore, certificate_fingerprint, generate_self_signed
+from lxdproxy.api.tls import TrustStore, generate_self_signed
 from lxdproxy.cli import main
 from lxdproxy.cli.config_commands import devices_yaml, parse_set_arguments, yaml_scalar
 
@@ -48,7 +47,6 @@ class FakeLxd:
         self.etag = "e1"
         self.puts: list[tuple[str | None, dict[str, Any]]] = []
         self.ops: dict[str, dict[str, Any]] = {}
-        self.certs: dict[str, dict[str, Any]] = {}
         self.race_etag: str | None = None
         self._expand()
 
@@ -61,9 +59,6 @@ class FakeLxd:
         app.router.add_get("/1.0/instances/{name}", self.get_instance)
         app.router.add_put("/1.0/instances/{name}", self.put_instance)
         app.router.add_get("/1.0/operations/{id}/wait", self.wait)
-        app.router.add_post("/1.0/certificates", self.add_cert)
-        app.router.add_get("/1.0/certificates", self.list_certs)
-        app.router.add_delete("/1.0/certificates/{fp}", self.delete_cert)
         return app
 
     async def get_instance(self, request: web.Request) -> web.Response:
@@ -107,32 +102,6 @@ class FakeLxd:
         if op is None:
             return error("Operation not found", 404)
         return web.json_response({**ENVELOPE, "metadata": op})
-
-    async def add_cert(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        der = base64.b64decode(body["certificate"])
-        fp = certificate_fingerprint(der)
-        self.certs[fp] = {"name": body.get("name", ""), "type": body["type"], "fingerprint": fp,
-                          "restricted": False, "projects": [],
-                          "certificate": _pem(der)}
-        return web.json_response({**ENVELOPE, "metadata": {}})
-
-    async def list_certs(self, request: web.Request) -> web.Response:
-        return web.json_response({**ENVELOPE, "metadata": list(self.certs.values())})
-
-    async def delete_cert(self, request: web.Request) -> web.Response:
-        fp = request.match_info["fp"]
-        matches = [k for k in self.certs if k.startswith(fp)]
-        if len(matches) != 1:
-            return error("Certificate not found", 404)
-        del self.certs[matches[0]]
-        return web.json_response({**ENVELOPE, "metadata": {}})
-
-
-def _pem(der: bytes) -> str:
-    b64 = base64.b64encode(der).decode()
-    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
-    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
 
 
 @pytest.fixture
@@ -218,22 +187,6 @@ def test_etag_mismatch_message(fake, capsys):
     assert rc == 1
     assert err.startswith("Error: ETag does not match: e1 vs raced.")
     assert fake.instance["devices"]["web"].get("bind") is None
-
-
-def test_trust_via_api(fake, capsys, tmp_path):
-    cert, _ = generate_self_signed("alice-laptop", server=False)
-    path = tmp_path / "alice.crt"
-    path.write_bytes(cert)
-    assert lx(capsys, "config", "trust", "add", str(path), "--name", "alice") == (0, "", "")
-    (fp,) = fake.certs
-    rc, out, _ = lx(capsys, "config", "trust", "list")
-    assert rc == 0
-    header, row = out.splitlines()
-    assert header.split() == ["TYPE", "NAME", "COMMON", "NAME", "FINGERPRINT", "EXPIRY", "DATE"]
-    assert row.split()[:4] == ["client", "alice", "alice-laptop", fp[:12]]
-    assert lx(capsys, "config", "trust", "remove", fp[:12]) == (0, "", "")
-    assert fake.certs == {}
-    assert lx(capsys, "config", "trust", "remove", fp) == (1, "", "Error: Certificate not found\n")
 
 
 def test_trust_in_state_dir(capsys, tmp_path):
