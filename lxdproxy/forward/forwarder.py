@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
 from lxdproxy.errors import DeviceStartError
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.device import DeviceParams, RunningDevice
 from lxdproxy.forward.plan import PlanError, plan_device
 from lxdproxy.netns import Namespaces
@@ -44,6 +45,9 @@ class Forwarder:
         self.udp_idle_timeout = udp_idle_timeout
         self._devices: dict[DeviceKey, RunningDevice] = {}
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
+        # Outlive an update or restart of the device (stop + start), so its counters never
+        # go back to zero while it exists; dropped by stop().
+        self._counters: dict[DeviceKey, DeviceCounters] = {}
 
     # -- public API -----------------------------------------------------------------------------
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
@@ -54,12 +58,17 @@ class Forwarder:
         async with self._lock(key):
             if key in self._devices:
                 raise DeviceStartError(f"Proxy device {key[1]!r} of {key[0]!r} is already running")
-            await self._start(key, params)
+            try:
+                await self._start(key, params)
+            except BaseException:
+                self._counters.pop(key, None)
+                raise
 
     async def stop(self, key: DeviceKey) -> None:
         """Stop a device and release everything it holds. Stopping an unknown key is a no-op."""
         async with self._lock(key):
             await self._stop(key)
+            self._counters.pop(key, None)
 
     async def update(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
                      connect_ns: Namespaces, instance_name: str,
@@ -118,6 +127,10 @@ class Forwarder:
         """Unconnected target sockets held ready by the running devices (fds, for accounting)."""
         return sum(d.endpoints.pooled_sockets() for d in self._devices.values())
 
+    def device_counters(self) -> dict[DeviceKey, dict[str, int]]:
+        """Every running device's counters and gauges, as plain numbers (the stats message)."""
+        return {key: d.counters_snapshot() for key, d in self._devices.items()}
+
     def stats(self) -> ForwarderStats:
         devices = list(self._devices.values())
         return ForwarderStats(
@@ -142,7 +155,8 @@ class Forwarder:
             raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
         running = RunningDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
-                                udp_idle_timeout=self.udp_idle_timeout)
+                                udp_idle_timeout=self.udp_idle_timeout,
+                                counters=self._counters.setdefault(key, DeviceCounters()))
         try:
             await running.start()
         except PlanError as exc:
