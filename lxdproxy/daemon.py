@@ -21,11 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from lxdproxy.api.app import create_app
+from lxdproxy.api.metrics import build_registry, device_collector
 from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
 from lxdproxy.store import Store
+from lxdproxy.warning_registry import WarningRegistry
 
 log = logging.getLogger("lxdproxy.daemon")
 
@@ -97,6 +99,7 @@ class Daemon:
         self.backend: Any = None
         self.runtime: DeviceRuntime | None = None
         self.service: InstanceService | None = None
+        self.warnings: WarningRegistry | None = None
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
         self._own_socket = False
@@ -124,6 +127,7 @@ class Daemon:
         self.store = Store(cfg.state_dir / "lxdproxy.db")
         self.backend = _make_backend(cfg, self.store)
         self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
+        self.warnings = WarningRegistry(self.store)
         self.service = InstanceService(self.backend, self.store, self.runtime)
         if not await self.service.reconcile():
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
@@ -133,7 +137,9 @@ class Daemon:
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
             trust, ssl_ctx, info = self._tls()
-        app = create_app(self.service, OperationRegistry(), info=info, trust=trust)
+        metrics = build_registry(device_collector(self.runtime, self.warnings, self.store))
+        app = create_app(self.service, OperationRegistry(), info=info, trust=trust,
+                         warnings=self.warnings, metrics=metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
 

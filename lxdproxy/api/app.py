@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from lxdproxy.api import warnings as warnings_api
 from lxdproxy.api.envelopes import (
     async_response,
     error_response,
@@ -21,11 +23,13 @@ from lxdproxy.api.envelopes import (
 )
 from lxdproxy.api.events import EventHub
 from lxdproxy.api.instance_filter import matches, parse_filter
+from lxdproxy.api.metrics import METRICS, get_metrics
 from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
 from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.manager.service import InstanceService
+from lxdproxy.warning_registry import WarningRegistry
 
 log = logging.getLogger("lxdproxy.api")
 
@@ -116,10 +120,19 @@ async def get_server(request: web.Request) -> web.Response:
 
 # -- instances --------------------------------------------------------------------------------
 
-async def _full(service: InstanceService, name: str) -> dict[str, Any]:
-    rec = await service.record(name)
+async def _state(request: web.Request, name: str) -> dict[str, Any]:
+    """The backend's state plus ``failed_devices`` (lxdproxy's): device -> why it is not
+    running, for every device with an open start-failure warning (pylxd:
+    ``instance.state().failed_devices``)."""
+    state = await request.app[SERVICE].backend.get_state(name)
+    failed = request.app[warnings_api.WARNINGS].failed_devices(name)
+    return {**state, "failed_devices": {f.device: f.message for f in failed}}
+
+
+async def _full(request: web.Request, name: str) -> dict[str, Any]:
+    rec = await request.app[SERVICE].record(name)
     rec["backups"] = []
-    rec["state"] = await service.backend.get_state(name)
+    rec["state"] = await _state(request, name)
     rec["snapshots"] = []
     return rec
 
@@ -135,7 +148,7 @@ async def list_instances(request: web.Request) -> web.Response:
     records = []
     for name in names:
         try:
-            rec = await (_full(service, name) if recursion >= 2 else service.record(name))
+            rec = await (_full(request, name) if recursion >= 2 else service.record(name))
         except NotFoundError:
             continue  # deleted meanwhile
         if wanted_type and rec.get("type") != wanted_type:
@@ -169,7 +182,7 @@ async def get_instance(request: web.Request) -> web.Response:
     rec = await service.record(name)
     etag = etag_of(rec)
     if _recursion(request) >= 1:
-        rec = await _full(service, name)
+        rec = await _full(request, name)
     return sync_response(rec, etag=etag)
 
 
@@ -218,7 +231,7 @@ async def get_instance_state(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     name = request.match_info["name"]
     await service.record(name)
-    return sync_response(await service.backend.get_state(name))
+    return sync_response(await _state(request, name))
 
 
 STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
@@ -303,9 +316,12 @@ async def write_profile(request: web.Request) -> web.Response:
 
 
 def create_app(service: InstanceService, ops: OperationRegistry | None = None, *,
+               warnings: WarningRegistry, metrics: CollectorRegistry,
                info: dict[str, Any] | None = None, trust: object | None = None) -> web.Application:
     app = web.Application(middlewares=[lxd_errors, tls_trust], client_max_size=4 * 1024 * 1024)
     app[SERVICE] = service
+    app[warnings_api.WARNINGS] = warnings
+    app[METRICS] = metrics
     app[OPS] = ops or OperationRegistry()
     app[INFO] = {"backend_kind": service.backend.kind, **(info or {})}
     app[TRUST] = trust
@@ -338,4 +354,6 @@ def create_app(service: InstanceService, ops: OperationRegistry | None = None, *
     r.add_get("/1.0/profiles/{name}", get_profile)
     for method in ("PUT", "PATCH", "POST", "DELETE"):
         r.add_route(method, "/1.0/profiles/{name}", write_profile)
+    warnings_api.add_routes(r)
+    r.add_get("/1.0/metrics", get_metrics)
     return app

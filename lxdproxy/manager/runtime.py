@@ -56,6 +56,15 @@ class DeviceRuntime:
     def is_running(self, instance_name: str, device_name: str) -> bool:
         return (instance_name, device_name) in self._running
 
+    def running_devices(self) -> dict[Key, RunningDevice]:
+        return dict(self._running)
+
+    def device_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
+        """Relay counters of the forwarded devices, by source (today one: this process)."""
+        if self._forwarder is None:
+            return {}
+        return {"main": self._forwarder.device_counters()}
+
     # -- start / stop -------------------------------------------------------------------------
 
     async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:

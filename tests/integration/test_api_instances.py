@@ -17,10 +17,12 @@ import pytest
 
 from lab.traffic import roundtrip as lab_roundtrip
 from lxdproxy.api.app import create_app
+from lxdproxy.api.metrics import build_registry, device_collector
 from lxdproxy.instances.local import LocalBackend
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
 from lxdproxy.store import Store
+from lxdproxy.warning_registry import WarningRegistry
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
 PROXY = {"type": "proxy", "listen": "tcp:198.18.0.1:7000", "connect": "tcp:127.0.0.1:9000"}
@@ -40,7 +42,9 @@ async def make_api(tmp_path: Path, aiohttp_client: Any):
         runtime = DeviceRuntime(host_ns=host_ns, nft_table="lxdproxytest")
         service = InstanceService(backend, store, runtime)
         made.append((service, runtime, backend, store))
-        return await aiohttp_client(create_app(service))
+        warnings = WarningRegistry(store)
+        metrics = build_registry(device_collector(runtime, warnings, store))
+        return await aiohttp_client(create_app(service, warnings=warnings, metrics=metrics))
 
     yield make
     for service, runtime, backend, store in made:
