@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]
 START_ERROR_PREFIX = "Error occurred when starting proxy device: Error: "
+PARKED_COUNTERS = 1024  # counters of stopped devices kept for when they start again
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class Forwarder:
         self.udp_idle_timeout = udp_idle_timeout
         self._devices: dict[DeviceKey, RunningDevice] = {}
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
-        # Outlive an update or restart of the device (stop + start), so its counters never
-        # go back to zero while it exists; dropped by stop().
+        # A device's counters outlive its stop: a config change is stop + start (here or in
+        # the manager), and its counters must carry on, not restart from zero. Stopped ones
+        # are kept, least recently started first, up to PARKED_COUNTERS of them.
         self._counters: dict[DeviceKey, DeviceCounters] = {}
 
     # -- public API -----------------------------------------------------------------------------
@@ -58,17 +60,12 @@ class Forwarder:
         async with self._lock(key):
             if key in self._devices:
                 raise DeviceStartError(f"Proxy device {key[1]!r} of {key[0]!r} is already running")
-            try:
-                await self._start(key, params)
-            except BaseException:
-                self._counters.pop(key, None)
-                raise
+            await self._start(key, params)
 
     async def stop(self, key: DeviceKey) -> None:
         """Stop a device and release everything it holds. Stopping an unknown key is a no-op."""
         async with self._lock(key):
             await self._stop(key)
-            self._counters.pop(key, None)
 
     async def update(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
                      connect_ns: Namespaces, instance_name: str,
@@ -153,10 +150,14 @@ class Forwarder:
             plan = plan_device(params.device)
         except PlanError as exc:
             raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+        counters = self._counters.pop(key, None) or DeviceCounters()
+        self._counters[key] = counters  # now the most recently started
+        stopped = [k for k in self._counters if k not in self._devices and k != key]
+        for parked in stopped[:max(0, len(stopped) - PARKED_COUNTERS)]:
+            del self._counters[parked]
         running = RunningDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
-                                udp_idle_timeout=self.udp_idle_timeout,
-                                counters=self._counters.setdefault(key, DeviceCounters()))
+                                udp_idle_timeout=self.udp_idle_timeout, counters=counters)
         try:
             await running.start()
         except PlanError as exc:
