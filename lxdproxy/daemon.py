@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from lxdproxy.api.app import create_app
-from lxdproxy.api.metrics import build_registry, device_collector
+from lxdproxy.api.metrics import device_collector
 from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.manager.runtime import DeviceRuntime
@@ -137,7 +137,7 @@ class Daemon:
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
             trust, ssl_ctx, info = self._tls()
-        metrics = build_registry(device_collector(self.runtime, self.warnings, self.store))
+        metrics = device_collector(self.runtime, self.warnings, self.store)
         app = create_app(self.service, OperationRegistry(), info=info, trust=trust,
                          warnings=self.warnings, metrics=metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

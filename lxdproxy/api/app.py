@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from lxdproxy.api import warnings as warnings_api
 from lxdproxy.api.envelopes import (
@@ -23,7 +22,7 @@ from lxdproxy.api.envelopes import (
 )
 from lxdproxy.api.events import EventHub
 from lxdproxy.api.instance_filter import matches, parse_filter
-from lxdproxy.api.metrics import METRICS, get_metrics
+from lxdproxy.api.metrics import METRICS, DeviceCollector, get_metrics
 from lxdproxy.api.operations import Operation, OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
@@ -316,7 +315,7 @@ async def write_profile(request: web.Request) -> web.Response:
 
 
 def create_app(service: InstanceService, ops: OperationRegistry | None = None, *,
-               warnings: WarningRegistry, metrics: CollectorRegistry,
+               warnings: WarningRegistry, metrics: DeviceCollector,
                info: dict[str, Any] | None = None, trust: object | None = None) -> web.Application:
     app = web.Application(middlewares=[lxd_errors, tls_trust], client_max_size=4 * 1024 * 1024)
     app[SERVICE] = service

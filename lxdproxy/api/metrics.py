@@ -3,7 +3,7 @@
 Names follow HAProxy's frontend and Envoy's tcp/udp proxy stats: ``lxdproxy_device_`` prefix,
 ``_total`` on counters, bytes as the unit; *in* is client -> target, *out* target -> client
 (docs/operations.md has the table). A scrape reads one snapshot per device (O(devices)) on the
-event loop: no lock, nothing a relay waits for.
+event loop, with no lock a relay could wait for, and formats the text in a thread.
 
 Counters come as plain dicts of numbers from one or more sources (the in-process forwarder
 today, worker processes later) and are summed per device. ``CounterTotals`` keeps them from
@@ -13,6 +13,7 @@ restarted there) or a source disappears, what it had counted is kept as the devi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -121,8 +122,18 @@ class CounterTotals:
             floor[f] = floor.get(f, 0.0) + value
 
 
+@dataclass(frozen=True)
+class DeviceReading:
+    """One device at one scrape. ``values`` is None for a device without relay counters (NAT,
+    or not running)."""
+
+    labels: DeviceLabels
+    up: bool
+    values: Mapping[str, float] | None
+
+
 class DeviceCollector:
-    """The per-device families, built fresh on every scrape from the callables' answers.
+    """Reads every device once per scrape, from the callables' answers.
 
     ``running()``: labels of every running device and whether it is NAT (NAT devices have no
     relay counters: only ``up``); ``counters()``: the sources' snapshots; ``failed()``: labels
@@ -137,42 +148,57 @@ class DeviceCollector:
         self._failed = failed
         self._totals = CounterTotals()
 
+    def read(self) -> list[DeviceReading]:
+        """On the event loop (the runtime's state is the loop's): plain copies, no formatting."""
+        totals = self._totals.update(self._counters())
+        readings = [DeviceReading(labels, True, None if nat else totals.get(labels.key, {}))
+                    for labels, nat in self._running()]
+        seen = {r.labels.key for r in readings}
+        readings += [DeviceReading(labels, False, None) for labels in self._failed()
+                     if labels.key not in seen]
+        return readings
+
+
+def families(readings: Iterable[DeviceReading]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(*UP, labels=LABELS)
+    counters = {f: CounterMetricFamily(name, doc, labels=LABELS)
+                for f, (name, doc) in COUNTERS.items()}
+    gauges = {f: GaugeMetricFamily(name, doc, labels=LABELS)
+              for f, (name, doc) in GAUGES.items()}
+    for reading in readings:
+        values = reading.labels.values()
+        up.add_metric(values, 1 if reading.up else 0)
+        if reading.values is None:
+            continue
+        for f, family in counters.items():
+            family.add_metric(values, reading.values.get(f, 0.0))
+        for f, family in gauges.items():
+            family.add_metric(values, reading.values.get(f, 0.0))
+    yield up
+    yield from counters.values()
+    yield from gauges.values()
+
+
+class _Readings:
+    """A prometheus_client collector over one scrape's readings."""
+
+    def __init__(self, readings: list[DeviceReading]) -> None:
+        self._readings = readings
+
     def describe(self) -> list[Metric]:
-        return []  # nothing to check at registration: families are built per scrape
+        return []
 
     def collect(self) -> Iterator[Metric]:
-        totals = self._totals.update(self._counters())
-        running = list(self._running())
-        up = GaugeMetricFamily(*UP, labels=LABELS)
-        counters = {f: CounterMetricFamily(name, doc, labels=LABELS)
-                    for f, (name, doc) in COUNTERS.items()}
-        gauges = {f: GaugeMetricFamily(name, doc, labels=LABELS)
-                  for f, (name, doc) in GAUGES.items()}
-        seen: set[DeviceKey] = set()
-        for labels, nat in running:
-            seen.add(labels.key)
-            up.add_metric(labels.values(), 1)
-            if nat:
-                continue
-            values = totals.get(labels.key, {})
-            for f, family in counters.items():
-                family.add_metric(labels.values(), values.get(f, 0.0))
-            for f, family in gauges.items():
-                family.add_metric(labels.values(), values.get(f, 0.0))
-        for labels in self._failed():
-            if labels.key not in seen:
-                up.add_metric(labels.values(), 0)
-        yield up
-        yield from counters.values()
-        yield from gauges.values()
+        return families(self._readings)
 
 
-def build_registry(collector: DeviceCollector) -> CollectorRegistry:
-    """The daemon's own registry (never prometheus_client's global one): devices + process."""
+def render(readings: list[DeviceReading]) -> bytes:
+    """The exposition text: devices and this process. A registry of its own per scrape (never
+    prometheus_client's global one), so it can run off the event loop."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    registry.register(_Readings(readings))
     ProcessCollector(namespace="lxdproxy", registry=registry)
-    return registry
+    return generate_latest(registry)
 
 
 def protocol_of(device_config: Mapping[str, str]) -> str:
@@ -181,11 +207,14 @@ def protocol_of(device_config: Mapping[str, str]) -> str:
     return conn_type if sep else ""
 
 
-METRICS = web.AppKey("metrics", CollectorRegistry)
+METRICS = web.AppKey("metrics", DeviceCollector)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS])
+    readings = request.app[METRICS].read()
+    # Formatting is ~70 us a device: in a thread, so a big scrape never stalls the relays for
+    # its whole length (the GIL still switches every few ms).
+    body = await asyncio.get_running_loop().run_in_executor(None, render, readings)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

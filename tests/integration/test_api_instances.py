@@ -17,7 +17,7 @@ import pytest
 
 from lab.traffic import roundtrip as lab_roundtrip
 from lxdproxy.api.app import create_app
-from lxdproxy.api.metrics import build_registry, device_collector
+from lxdproxy.api.metrics import device_collector
 from lxdproxy.instances.local import LocalBackend
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
@@ -43,7 +43,7 @@ async def make_api(tmp_path: Path, aiohttp_client: Any):
         service = InstanceService(backend, store, runtime)
         made.append((service, runtime, backend, store))
         warnings = WarningRegistry(store)
-        metrics = build_registry(device_collector(runtime, warnings, store))
+        metrics = device_collector(runtime, warnings, store)
         return await aiohttp_client(create_app(service, warnings=warnings, metrics=metrics))
 
     yield make
