@@ -23,6 +23,7 @@ from aiohttp import web
 
 from lxdproxy.api import tls
 from lxdproxy.api.app import create_app
+from lxdproxy.api.metrics import device_collector
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.instances.backend import InstanceBackend
@@ -34,6 +35,7 @@ from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.nat.runtime import NatRuntime
 from lxdproxy.netns import Namespaces
 from lxdproxy.store import Store
+from lxdproxy.warning_registry import WarningRegistry
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class Components:
     store: Store
     backend: InstanceBackend
     runtime: DeviceRuntime
+    warnings: WarningRegistry
     manager: DeviceManager
 
     async def close(self) -> None:
@@ -124,8 +127,18 @@ def build_components(config: DaemonConfig, store: Store) -> Components:
     forwarder = Forwarder(connect_timeout=config.connect_timeout,
                           udp_idle_timeout=config.udp_idle_timeout)
     runtime = DeviceRuntime(forwarder, nat, host_ns=host_ns)
-    manager = DeviceManager(backend, runtime, retry_interval=config.device_retry_interval)
-    return Components(store, backend, runtime, manager)
+    warnings = WarningRegistry(store)
+    manager = DeviceManager(backend, runtime, warnings, retry_interval=config.device_retry_interval)
+    return Components(store, backend, runtime, warnings, manager)
+
+
+def build_app(components: Components, *, info: dict[str, Any] | None = None,
+              trust: tls.TrustStore | None = None) -> web.Application:
+    """The API over ``components``; ``info``: TLS certificate and addresses for GET /1.0."""
+    metrics = device_collector(components.runtime, components.warnings, components.store)
+    return create_app(components.manager, info={"backend_kind": components.backend.kind,
+                                                **(info or {})},
+                      trust=trust, warnings=components.warnings, metrics=metrics)
 
 
 class Daemon:
@@ -164,8 +177,7 @@ class Daemon:
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
             trust, ssl_ctx, info = self._tls(cfg.https)
-        app = create_app(components.manager, info={"backend_kind": components.backend.kind, **info},
-                         trust=trust)
+        app = build_app(components, info=info, trust=trust)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
 

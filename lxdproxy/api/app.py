@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lxdproxy.api import warnings as warnings_api
 from lxdproxy.api.envelopes import (
     async_response,
     check_if_match,
@@ -23,11 +24,13 @@ from lxdproxy.api.envelopes import (
 from lxdproxy.api.events import EventHub
 from lxdproxy.api.instance_bodies import create_body, patch_body, put_body
 from lxdproxy.api.instance_filter import matches, parse_filter
+from lxdproxy.api.metrics import METRICS, DeviceCollector, get_metrics
 from lxdproxy.api.operations import OperationRegistry, instance_resources
 from lxdproxy.api.request_json import decode_object
 from lxdproxy.api.server_info import server_info
 from lxdproxy.errors import DeviceStartError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.manager.service import DeviceManager, Precondition
+from lxdproxy.warning_registry import WarningRegistry
 
 log = logging.getLogger("lxdproxy.api")
 
@@ -127,10 +130,19 @@ def _if_match(request: web.Request) -> Precondition:
     return lambda record: check_if_match(header, etag_of(record))
 
 
-async def _full(manager: DeviceManager, name: str) -> dict[str, Any]:
-    rec = await manager.record(name)
+async def _state(request: web.Request, name: str) -> dict[str, Any]:
+    """The backend's state plus ``failed_devices`` (lxdproxy's): device -> why it is not
+    running, for every device with an open start-failure warning (pylxd:
+    ``instance.state().failed_devices``)."""
+    state = await request.app[MANAGER].state(name)
+    failed = request.app[warnings_api.WARNINGS].failed_devices(name)
+    return {**state, "failed_devices": {f.device: f.message for f in failed}}
+
+
+async def _full(request: web.Request, name: str) -> dict[str, Any]:
+    rec = await request.app[MANAGER].record(name)
     rec["backups"] = []
-    rec["state"] = await manager.state(name)
+    rec["state"] = await _state(request, name)
     rec["snapshots"] = []
     return rec
 
@@ -146,7 +158,7 @@ async def list_instances(request: web.Request) -> web.Response:
     records = []
     for name in names:
         try:
-            rec = await (_full(manager, name) if recursion >= 2 else manager.record(name))
+            rec = await (_full(request, name) if recursion >= 2 else manager.record(name))
         except NotFoundError:
             continue  # deleted meanwhile
         if wanted_type and rec.get("type") != wanted_type:
@@ -177,7 +189,7 @@ async def get_instance(request: web.Request) -> web.Response:
     rec = await manager.record(name)
     etag = etag_of(rec)
     if _recursion(request) >= 1:
-        rec = await _full(manager, name)
+        rec = await _full(request, name)
     return sync_response(rec, etag=etag)
 
 
@@ -219,7 +231,7 @@ async def get_instance_state(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     name = request.match_info["name"]
     await manager.record(name)
-    return sync_response(await manager.state(name))
+    return sync_response(await _state(request, name))
 
 
 STATE_DESCRIPTIONS = {"start": "Starting instance", "stop": "Stopping instance",
@@ -301,10 +313,13 @@ async def write_profile(request: web.Request) -> web.Response:
 
 
 def create_app(manager: DeviceManager, ops: OperationRegistry | None = None, *,
+               warnings: WarningRegistry, metrics: DeviceCollector,
                info: dict[str, Any] | None = None, trust: object | None = None) -> web.Application:
     """``info``: keyword arguments for server_info() (backend kind, TLS certificate, addresses)."""
     app = web.Application(middlewares=[lxd_errors, tls_trust], client_max_size=4 * 1024 * 1024)
     app[MANAGER] = manager
+    app[warnings_api.WARNINGS] = warnings
+    app[METRICS] = metrics
     app[OPS] = ops or OperationRegistry()
     app[INFO] = dict(info or {})
     app[TRUST] = trust
@@ -337,4 +352,6 @@ def create_app(manager: DeviceManager, ops: OperationRegistry | None = None, *,
     r.add_get("/1.0/profiles/{name}", get_profile)
     for method in ("PUT", "PATCH", "POST", "DELETE"):
         r.add_route(method, "/1.0/profiles/{name}", write_profile)
+    warnings_api.add_routes(r)
+    r.add_get("/1.0/metrics", get_metrics)
     return app

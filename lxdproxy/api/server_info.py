@@ -25,6 +25,8 @@ API_EXTENSIONS: tuple[str, ...] = (
     "proxy_unix_dac_properties",
     "proxy_haproxy_protocol",
     "proxy_nat",
+    "warnings",
+    "metrics",
 )
 
 # The LXD release whose API we reproduce (the lxc/pylxd captures come from it).

@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.endpoints import ConnectFailed, Endpoints
 from lxdproxy.forward.plan import DevicePlan, HeaderKind, ListenSpec, RelayKind
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
@@ -42,8 +43,10 @@ class DeviceParams:
 
 class RunningDevice:
     def __init__(self, params: DeviceParams, plan: DevicePlan, *, label: str,
-                 connect_timeout: float, udp_idle_timeout: float) -> None:
+                 connect_timeout: float, udp_idle_timeout: float,
+                 counters: DeviceCounters | None = None) -> None:
         self.params = params
+        self.counters = counters if counters is not None else DeviceCounters()
         self.plan = plan
         self.label = label
         self.loop = asyncio.get_running_loop()
@@ -54,8 +57,6 @@ class RunningDevice:
         self.udp_relays: list[UdpListenerRelay] = []
         self.relays: set[StreamRelay] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.accepted = 0
-        self.failed = 0
         self.stopped = False
         self._accepting: set[int] = set()
         self._warn = RateLimitedLog(log, label)
@@ -64,6 +65,19 @@ class RunningDevice:
     @property
     def open_connections(self) -> int:
         return len(self.relays) + len(self.tasks)
+
+    @property
+    def accepted(self) -> int:
+        return self.counters.connections_accepted
+
+    @property
+    def failed(self) -> int:
+        return self.counters.connect_failures
+
+    def counters_snapshot(self) -> dict[str, int]:
+        """The counters and gauges as plain numbers (``forward.counters`` field names)."""
+        return {**self.counters.as_dict(), "connections_active": self.open_connections,
+                "udp_sessions_active": sum(r.session_count for r in self.udp_relays)}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,7 +95,7 @@ class RunningDevice:
                     sock, spec.connect_port or 0, self.endpoints.open_datagram,
                     header_factory=self._datagram_header if self.plan.header is HeaderKind.V2
                     else None,
-                    idle_timeout=self.udp_idle_timeout,
+                    idle_timeout=self.udp_idle_timeout, counters=self.counters,
                 )
                 relay.start()
                 self.udp_relays.append(relay)
@@ -133,7 +147,7 @@ class RunningDevice:
                     self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
                     return
                 continue  # ECONNABORTED and friends: that client is gone, try the next
-            self.accepted += 1
+            self.counters.connections_accepted += 1
             conn.setblocking(False)
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -151,7 +165,8 @@ class RunningDevice:
                 # From here relay_stream_to_datagram owns (and closes) both sockets.
                 stream, dgram, client, target = client, target, None, None
                 await relay_stream_to_datagram(stream, dgram, header=header,
-                                               idle_timeout=self.udp_idle_timeout)
+                                               idle_timeout=self.udp_idle_timeout,
+                                               counters=self.counters)
                 return
             target = await self.endpoints.open_stream(spec.connect_port)
             header = self._stream_header(client)
@@ -159,15 +174,15 @@ class RunningDevice:
                 # Before any data, in one write (as forkproxy does).
                 await self.loop.sock_sendall(target, header)
             relay = StreamRelay(client, target, mode=self._mode, on_close=self._relay_closed,
-                                warn=self._relay_warning)
+                                warn=self._relay_warning, counters=self.counters)
             client = target = None  # the relay owns them now
             self.relays.add(relay)
             relay.start()
         except ConnectFailed as exc:
-            self.failed += 1
+            self.counters.connect_failures += 1
             self._warn.warning("Failed connecting to target: %s", exc)
         except OSError as exc:
-            self.failed += 1
+            self.counters.connect_failures += 1
             self._warn.warning("Failed preparing connection: %s", exc.strerror or exc)
         finally:
             # The client of a failed dial is closed at once: it sees connect-then-close, as with LXD.

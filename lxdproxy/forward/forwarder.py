@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
 from lxdproxy.errors import DeviceStartError
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.device import DeviceParams, RunningDevice
 from lxdproxy.forward.plan import PlanError, plan_device
 from lxdproxy.netns import Namespaces
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]
 START_ERROR_PREFIX = "Error occurred when starting proxy device: Error: "
+PARKED_COUNTERS = 1024  # counters of stopped devices kept for when they start again
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class Forwarder:
         self.udp_idle_timeout = udp_idle_timeout
         self._devices: dict[DeviceKey, RunningDevice] = {}
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
+        # A device's counters outlive its stop: a config change is stop + start (here or in
+        # the manager), and its counters must carry on, not restart from zero. Stopped ones
+        # are kept, least recently started first, up to PARKED_COUNTERS of them.
+        self._counters: dict[DeviceKey, DeviceCounters] = {}
 
     # -- public API -----------------------------------------------------------------------------
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
@@ -118,6 +124,10 @@ class Forwarder:
         """Unconnected target sockets held ready by the running devices (fds, for accounting)."""
         return sum(d.endpoints.pooled_sockets() for d in self._devices.values())
 
+    def device_counters(self) -> dict[DeviceKey, dict[str, int]]:
+        """Every running device's counters and gauges, as plain numbers (the stats message)."""
+        return {key: d.counters_snapshot() for key, d in self._devices.items()}
+
     def stats(self) -> ForwarderStats:
         devices = list(self._devices.values())
         return ForwarderStats(
@@ -140,9 +150,14 @@ class Forwarder:
             plan = plan_device(params.device)
         except PlanError as exc:
             raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+        counters = self._counters.pop(key, None) or DeviceCounters()
+        self._counters[key] = counters  # now the most recently started
+        stopped = [k for k in self._counters if k not in self._devices and k != key]
+        for parked in stopped[:max(0, len(stopped) - PARKED_COUNTERS)]:
+            del self._counters[parked]
         running = RunningDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
-                                udp_idle_timeout=self.udp_idle_timeout)
+                                udp_idle_timeout=self.udp_idle_timeout, counters=counters)
         try:
             await running.start()
         except PlanError as exc:

@@ -28,6 +28,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.relay_state import (
     CloseAll,
     Command,
@@ -79,6 +80,8 @@ class _Direction:
         self.fds: list[int] = []  # RIGHTS: received fds waiting to go out with the next send
         self.moved = 0
         self.splice_start = 0  # ``moved`` when splicing began
+        self.counters = relay.counters
+        self.inbound = source is Side.CLIENT  # client -> target: the device's bytes_in
         if mode is RelayMode.RIGHTS:
             self.buf = bytearray(COPY_BUFFER)
 
@@ -150,6 +153,10 @@ class _Direction:
             while self.state.buffered:
                 n = self._write()
                 self.moved += n
+                if self.inbound:
+                    self.counters.bytes_in += n
+                else:
+                    self.counters.bytes_out += n
                 if self.state.wrote(n):
                     self.update_interest()
                     self.relay.apply(self.relay.state.finished(self.state.source))
@@ -260,8 +267,10 @@ class StreamRelay:
         on_close: Callable[[StreamRelay, str], None] | None = None,
         warn: Callable[[str], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        counters: DeviceCounters | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self.counters = counters if counters is not None else DeviceCounters()
         self.socks = {Side.CLIENT: client, Side.TARGET: target}
         for sock in self.socks.values():
             if sock.gettimeout() != 0.0:  # callers usually made it non-blocking already

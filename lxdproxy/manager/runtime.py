@@ -36,6 +36,9 @@ class DataPlane(Protocol):
 
     async def stop_all(self) -> None: ...
 
+    def device_counters(self) -> dict[Key, dict[str, int]]:
+        """key -> counter name -> value, plain numbers."""
+
 
 @dataclass(frozen=True)
 class RunningDevice:
@@ -56,6 +59,13 @@ class DeviceRuntime:
 
     def running(self, instance_name: str) -> dict[str, RunningDevice]:
         return {dev: rd for (inst, dev), rd in self._running.items() if inst == instance_name}
+
+    def running_devices(self) -> dict[Key, RunningDevice]:
+        return dict(self._running)
+
+    def device_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
+        """Relay counters of the forwarded devices, by source (today one: this process)."""
+        return {"main": self.dataplane.device_counters()}
 
     async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
         """Start one device (replacing it if it runs); raises DeviceStartError with the reason

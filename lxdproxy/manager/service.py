@@ -50,16 +50,17 @@ def _no_precondition(_record: dict[str, Any]) -> None:
 
 
 class DeviceProblems(Protocol):
-    """Where a device that cannot start is reported (the API's LXD warnings)."""
+    """Where a device that cannot start is reported (LXD warnings, warning_registry.py)."""
 
-    def device_failed(self, project: str, instance: str, device: str, message: str) -> None: ...
+    def raise_device_failure(self, project: str, instance: str, device: str,
+                             message: str) -> Any: ...
 
-    def device_ok(self, project: str, instance: str, device: str) -> None: ...
+    def resolve_device(self, project: str, instance: str, device: str) -> Any: ...
 
 
 class DeviceManager:
     def __init__(self, backend: InstanceBackend, runtime: DeviceRuntime,
-                 problems: DeviceProblems | None = None, *, retry_interval: float = 5.0) -> None:
+                 problems: DeviceProblems, *, retry_interval: float = 5.0) -> None:
         self.backend = backend
         self.runtime = runtime
         self.problems = problems
@@ -281,14 +282,13 @@ class DeviceManager:
         if self._failed.get((inst.name, dev)) != message:
             log.error("%s (instance %s)", message, inst.name)
         self._failed[(inst.name, dev)] = message
-        if self.problems is not None:
-            self.problems.device_failed(inst.project, inst.name, dev, message)
+        self.problems.raise_device_failure(inst.project, inst.name, dev, message)
 
     def _device_up(self, inst: Instance, dev: str) -> None:
         if self._failed.pop((inst.name, dev), None) is not None:
             log.info("device %s/%s is up again", inst.name, dev)
-            if self.problems is not None:
-                self.problems.device_ok(inst.project, inst.name, dev)
+        # Always: a warning may be left from before a restart of the daemon.
+        self.problems.resolve_device(inst.project, inst.name, dev)
 
     def _forget_failures(self, name: str, keep: set[str] | None = None,
                          project: str = "default") -> None:
@@ -296,12 +296,7 @@ class DeviceManager:
         for inst_name, dev in [k for k in self._failed if k[0] == name]:
             if keep is None or dev not in keep:
                 del self._failed[(inst_name, dev)]
-                if self.problems is not None:
-                    self.problems.device_ok(project, inst_name, dev)
-
-    def failed_devices(self, name: str) -> dict[str, str]:
-        """Devices of ``name`` that should run but do not, with why."""
-        return {dev: why for (inst, dev), why in self._failed.items() if inst == name}
+                self.problems.resolve_device(project, inst_name, dev)
 
     def start_retrying(self) -> None:
         if self._retry is None:

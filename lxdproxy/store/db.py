@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema from version (index) to version (index + 1).
 _MIGRATIONS: tuple[str, ...] = (
@@ -38,6 +38,21 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # v2: lxdproxy-level power state of a local instance (lxc stop/start: devices off/on).
     "ALTER TABLE instances ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0",
+    # v3: LXD-style warnings (GET /1.0/warnings), one row per (project, entity, type).
+    """
+    CREATE TABLE warnings (
+        uuid TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        entity_url TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        first_seen_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        last_message TEXT NOT NULL,
+        UNIQUE (project, entity_url, type)
+    )
+    """,
 )
 
 Devices = dict[str, dict[str, str]]
@@ -45,6 +60,21 @@ Devices = dict[str, dict[str, str]]
 
 class StoreError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class WarningRow:
+    """A stored warning; times are RFC 3339 strings (UTC), as the API shows them."""
+
+    uuid: str
+    project: str
+    entity_url: str
+    type: str
+    status: str  # new | acknowledged | resolved
+    count: int
+    first_seen_at: str
+    last_seen_at: str
+    last_message: str
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,42 @@ class Store:
     def device_instances(self) -> list[str]:
         rows = self._db.execute("SELECT DISTINCT instance FROM devices ORDER BY instance")
         return [r[0] for r in rows.fetchall()]
+
+    # -- warnings -------------------------------------------------------------------------------
+
+    def warnings(self) -> list[WarningRow]:
+        """Oldest last-seen first, as LXD lists them."""
+        rows = self._db.execute(f"SELECT {_WARNING_COLUMNS} FROM warnings "
+                                "ORDER BY last_seen_at, uuid").fetchall()
+        return [WarningRow(*r) for r in rows]
+
+    def get_warning(self, uuid: str) -> WarningRow | None:
+        row = self._db.execute(f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE uuid = ?",
+                               (uuid,)).fetchone()
+        return WarningRow(*row) if row else None
+
+    def find_warning(self, project: str, entity_url: str, type: str) -> WarningRow | None:
+        row = self._db.execute(
+            f"SELECT {_WARNING_COLUMNS} FROM warnings "
+            "WHERE project = ? AND entity_url = ? AND type = ?",
+            (project, entity_url, type)).fetchone()
+        return WarningRow(*row) if row else None
+
+    def put_warning(self, row: WarningRow) -> None:
+        """Insert or replace the warning with this uuid."""
+        with self._write() as db:
+            db.execute(f"INSERT OR REPLACE INTO warnings ({_WARNING_COLUMNS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row.uuid, row.project, row.entity_url, row.type, row.status, row.count,
+                        row.first_seen_at, row.last_seen_at, row.last_message))
+
+    def delete_warning(self, uuid: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM warnings WHERE uuid = ?", (uuid,)).rowcount == 1
+
+
+_WARNING_COLUMNS = ("uuid, project, entity_url, type, status, count, first_seen_at, last_seen_at, "
+                    "last_message")
 
 
 def _dump(value: Any) -> str:

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from lab.traffic import roundtrip as lab_roundtrip
-from lxdproxy.api.app import create_app
-from lxdproxy.daemon import Components, DaemonConfig, build_components
+from lxdproxy.daemon import Components, DaemonConfig, build_app, build_components
 from lxdproxy.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rest"
@@ -37,7 +36,7 @@ async def make_api(tmp_path: Path, aiohttp_client: Any):
                               nft_table="lxdproxytest", local_poll_interval=poll_interval)
         components = build_components(config, Store(tmp_path / f"db{len(made)}"))
         made.append(components)
-        return await aiohttp_client(create_app(components.manager))
+        return await aiohttp_client(build_app(components))
 
     yield make
     for components in made:

@@ -50,6 +50,12 @@ def test_https_trust_and_lxc_remote(lab: Any, tmp_path: Path) -> None:
         assert "environment" not in body["metadata"]
         code, body = curl("/1.0/instances")
         assert (code, body["error"], body["type"]) == (403, "not authorized", "error")
+        code, body = curl("/1.0/metrics")
+        assert (code, body["error"]) == (403, "not authorized")
+        # A trusted client gets the metrics (Prometheus is configured with a trusted cert).
+        scraped = lab.host.run(["curl", "-sSk", "--cert", str(conf / "client.crt"), "--key",
+                                str(conf / "client.key"), f"https://{HOST}:8443/1.0/metrics"])
+        assert b"# TYPE lxdproxy_process_open_fds gauge" in scraped.stdout
 
         inst = lab.add_instance()
         lab.echo(inst, "tcp", "127.0.0.1", 9000)

@@ -14,6 +14,7 @@ import socket
 import pytest
 
 from lab.datagrams import run
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
 
@@ -25,7 +26,8 @@ def test_replies_wait_for_room_and_keep_their_order(tmp_path, loop_kind):
     sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sender.setblocking(False)
     client = str(tmp_path / "client")
-    queue = ReplyQueue(sender, RateLimitedLog(logging.getLogger("t.reply"), "t"))
+    counters = DeviceCounters()
+    queue = ReplyQueue(sender, RateLimitedLog(logging.getLogger("t.reply"), "t"), counters)
     total = 600
 
     async def main():
@@ -53,6 +55,7 @@ def test_replies_wait_for_room_and_keep_their_order(tmp_path, loop_kind):
                 await asyncio.sleep(0.001)  # let the writer callback refill
         assert got == [b"reply %d" % i for i in range(total)]
         assert not queue
+        assert counters.datagrams_dropped == 0
 
     try:
         run(loop_kind, main())
@@ -66,7 +69,8 @@ def test_queue_is_bounded_and_clear_unregisters(tmp_path, caplog):
     receiver.bind(str(tmp_path / "client"))
     sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sender.setblocking(False)
-    queue = ReplyQueue(sender, RateLimitedLog(logging.getLogger("t.reply2"), "t"))
+    counters = DeviceCounters()
+    queue = ReplyQueue(sender, RateLimitedLog(logging.getLogger("t.reply2"), "t"), counters)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -74,6 +78,7 @@ def test_queue_is_bounded_and_clear_unregisters(tmp_path, caplog):
             for _ in range(SEND_QUEUE_MAX_DATAGRAMS + 10):
                 queue.put(loop, b"x", str(tmp_path / "client"), None)
         assert "reply dropped" in caplog.text
+        assert counters.datagrams_dropped == 10
         queue.clear()
         assert not queue
         assert not loop.remove_writer(sender.fileno())  # clear() already unregistered it

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "lxdproxy.forward": 2,
     "lxdproxy.nat": 2,
     "lxdproxy.store": 2,
+    "lxdproxy.warning_registry": 2,
     "lxdproxy.instances": 2,
     "lxdproxy.workers": 3,
     "lxdproxy.manager": 4,

@@ -27,6 +27,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.pktinfo import (
     ANCBUF_SIZE,
@@ -68,6 +69,8 @@ class UdpListenerRelay:
     ``open_target(connect_port)`` returns a connected UDP socket in the target namespace.
     ``header_factory(client_addr, local_addr)``, when given, returns the bytes (a PROXY v2
     DGRAM header) prepended to every datagram sent to the target for that client.
+    ``counters`` (the device's) counts datagrams and payload bytes each way, drops and failed
+    target opens.
     The caller owns ``listen_sock``: ``stop()`` leaves it open.
     """
 
@@ -80,7 +83,9 @@ class UdpListenerRelay:
         header_factory: HeaderFactory | None = None,
         idle_timeout: float = 1800.0,
         max_sessions: int = 4096,
+        counters: DeviceCounters | None = None,
     ) -> None:
+        self._counters = counters if counters is not None else DeviceCounters()
         self._sock = listen_sock
         self._fd = listen_sock.fileno()
         self._local = listen_sock.getsockname()
@@ -104,7 +109,7 @@ class UdpListenerRelay:
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
         self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
-        self._replies = ReplyQueue(listen_sock, self._log)
+        self._replies = ReplyQueue(listen_sock, self._log, self._counters)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -164,6 +169,7 @@ class UdpListenerRelay:
         view = self._view
         by_client = self._by_client
         touch = self._table.touch
+        counters = self._counters
         pktinfo = None
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
@@ -183,6 +189,8 @@ class UdpListenerRelay:
                 # is consumed by this read, so keep going.
                 self._log.warning("receive failed: %s", e)
                 continue
+            counters.datagrams_in += 1
+            counters.bytes_in += n
             s = by_client.get(client)
             if s is None:
                 self._new_session(client, bytes(view[:n]), pktinfo)
@@ -226,6 +234,7 @@ class UdpListenerRelay:
                 s.header = self._header_factory(client, local)
             except Exception as e:  # the factory is the runtime's code: never kill the loop
                 self._log.warning("no PROXY header for %r, datagram dropped: %s", client, e)
+                self._counters.datagrams_dropped += 1
                 return
         lookup = self._table.add(self._fd, client, s)
         s.entry = lookup.session
@@ -245,6 +254,7 @@ class UdpListenerRelay:
         if (len(pending) >= PENDING_MAX_DATAGRAMS
                 or s.pending_bytes + len(data) > PENDING_MAX_BYTES):
             self._log.warning("target for %r not open yet: datagram dropped", s.client)
+            self._counters.datagrams_dropped += 1
             return
         pending.append(data)
         s.pending_bytes += len(data)
@@ -253,6 +263,7 @@ class UdpListenerRelay:
         try:
             sock = await self._open_target(self._connect_port)
         except Exception as e:
+            self._counters.connect_failures += 1
             self._log.warning("cannot open target port %d for %r: %s",
                               self._connect_port, s.client, e)
             self._drop(s)  # the client's next datagram tries again
@@ -311,10 +322,12 @@ class UdpListenerRelay:
         else:
             self._log.warning("send to target for %r failed, datagram dropped: %s",
                               s.client, err)
+            self._counters.datagrams_dropped += 1
 
     def _queue_out(self, s: UdpClientSession, data: memoryview | bytes) -> None:
         if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
             self._log.warning("target for %r is not draining: datagram dropped", s.client)
+            self._counters.datagrams_dropped += 1
             return
         s.out.append(bytes(data) if s.header is None else s.header + bytes(data))
 
@@ -326,9 +339,11 @@ class UdpListenerRelay:
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionRefusedError:
-                pass  # reported for an earlier datagram; the reader drops the session
+                # Reported for an earlier datagram; the reader drops the session.
+                self._counters.datagrams_dropped += 1
             except OSError as e:
                 self._log.warning("send to target for %r failed: %s", s.client, e)
+                self._counters.datagrams_dropped += 1
             out.popleft()
         self._loop.remove_writer(s.fd)  # type: ignore[union-attr]
 
@@ -342,6 +357,7 @@ class UdpListenerRelay:
         cmsg = s.reply_cmsg
         replies = self._replies
         sendto = self._sock.sendto
+        counters = self._counters
         got = False
         for _ in range(BATCH):
             try:
@@ -355,6 +371,8 @@ class UdpListenerRelay:
                 self._drop(s)
                 return
             got = True
+            counters.datagrams_out += 1
+            counters.bytes_out += n
             if replies:
                 replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
                 continue

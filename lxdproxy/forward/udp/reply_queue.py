@@ -12,6 +12,7 @@ import errno
 import socket
 from collections import deque
 
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.pktinfo import Cmsg
 
@@ -23,8 +24,10 @@ SEND_QUEUE_MAX_DATAGRAMS = 1024
 class ReplyQueue:
     """The slow path of sending replies from one listen socket."""
 
-    def __init__(self, sock: socket.socket, log: RateLimitedLog) -> None:
+    def __init__(self, sock: socket.socket, log: RateLimitedLog,
+                 counters: DeviceCounters) -> None:
         self._sock = sock
+        self._counters = counters
         self._fd = sock.fileno()
         self._log = log
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -39,6 +42,7 @@ class ReplyQueue:
         """Queue a reply the socket could not take now."""
         if len(self._queue) >= SEND_QUEUE_MAX_DATAGRAMS:
             self._log.warning("listen socket is not draining: reply dropped")
+            self._counters.datagrams_dropped += 1
             return
         if not self._queue:
             self._loop = loop
@@ -57,6 +61,7 @@ class ReplyQueue:
             except OSError as e:
                 err = e
         self._log.warning("reply to %r failed, datagram dropped: %s", client, err)
+        self._counters.datagrams_dropped += 1
 
     def clear(self) -> None:
         if self._queue and self._loop is not None:

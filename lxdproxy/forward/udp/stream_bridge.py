@@ -18,6 +18,7 @@ import select
 import socket
 from collections import deque
 
+from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 
 log = logging.getLogger("lxdproxy.forward.udp.listener")
@@ -42,6 +43,7 @@ async def relay_stream_to_datagram(
     *,
     header: bytes | None = None,
     idle_timeout: float = 1800.0,
+    counters: DeviceCounters | None = None,
 ) -> None:
     """tcp->udp or unix->udp for one accepted connection; closes both sockets at the end.
 
@@ -49,12 +51,14 @@ async def relay_stream_to_datagram(
     ``header`` (a PROXY v2 DGRAM header) in front when given; replies flow back into the
     stream. After the client's half-close, replies keep flowing (LXD checklist H: the UDP
     reply arrives after the half-close) until ``idle_timeout`` without traffic either way or
-    until the client has fully closed.
+    until the client has fully closed. ``counters`` (the device's) counts the datagrams and
+    bytes each way and the drops.
     """
     try:
         if idle_timeout <= 0:
             raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
-        relay = _StreamToDatagram(stream_sock, dgram_sock, header, float(idle_timeout))
+        relay = _StreamToDatagram(stream_sock, dgram_sock, header, float(idle_timeout),
+                                  counters if counters is not None else DeviceCounters())
     except BaseException:
         # The caller handed both sockets over: they are ours to close, even on bad arguments.
         stream_sock.close()
@@ -65,7 +69,8 @@ async def relay_stream_to_datagram(
 
 class _StreamToDatagram:
     def __init__(self, stream: socket.socket, dgram: socket.socket, header: bytes | None,
-                 idle: float) -> None:
+                 idle: float, counters: DeviceCounters) -> None:
+        self._counters = counters
         self._stream = stream
         self._dgram = dgram
         self._sfd = stream.fileno()
@@ -157,6 +162,8 @@ class _StreamToDatagram:
                 self._eof = True
                 self._arm_timer()
                 return
+            self._counters.datagrams_in += 1
+            self._counters.bytes_in += n
             if not self._send_datagram(self._view[:n]):
                 # The UDP socket is full: stop reading so TCP pushes back on the client.
                 self._pause_stream()
@@ -181,7 +188,9 @@ class _StreamToDatagram:
                 continue
             except OSError as e:
                 self._log.warning("datagram dropped: %s", e)
+                self._counters.datagrams_dropped += 1
                 return True
+        self._counters.datagrams_dropped += 1  # refused twice
         return True
 
     def _on_dgram_writable(self) -> None:
@@ -193,6 +202,7 @@ class _StreamToDatagram:
                 return
             except OSError as e:
                 self._log.warning("datagram dropped: %s", e)
+                self._counters.datagrams_dropped += 1
             queue.popleft()
         self._loop.remove_writer(self._dfd)  # type: ignore[union-attr]
         self._resume_stream()
@@ -227,6 +237,8 @@ class _StreamToDatagram:
                 self._log.warning("target socket failed: %s", e)
                 self._finish()
                 return
+            self._counters.datagrams_out += 1
+            self._counters.bytes_out += n
             try:
                 sent = self._stream.send(self._view[:n])
             except (BlockingIOError, InterruptedError):
