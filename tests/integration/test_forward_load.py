@@ -36,6 +36,20 @@ def many_fds() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+async def _settled_fds(fwd: Forwarder, expect: int | None = None) -> int:
+    """Open fds other than ready target sockets, once no refill batch is in flight: the pool
+    makes target sockets 16 at a time in another thread, so for a moment some exist that it
+    does not count yet. Two equal reads 50 ms apart (or ``expect``) end the wait."""
+    last = -1
+    for _ in range(40):
+        now = fd_count() - fwd.pooled_sockets()
+        if now == expect or now == last:
+            return now
+        last = now
+        await asyncio.sleep(0.05)
+    return last
+
+
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -60,7 +74,7 @@ async def test_thousand_concurrent_connections_then_fds_back_to_baseline(
         if fwd.open_connections(key) == 0:
             break
         await asyncio.sleep(0.01)
-    baseline = fd_count() - fwd.pooled_sockets()  # ready target sockets come and go in batches
+    baseline = await _settled_fds(fwd)
 
     host = netns_executor(lab.host.namespaces.net)
     clients = await host.run(lambda: [socket.socket() for _ in range(N)])
@@ -93,5 +107,5 @@ async def test_thousand_concurrent_connections_then_fds_back_to_baseline(
             break
         await asyncio.sleep(0.02)
     assert fwd.open_connections(key) == 0
-    assert fd_count() - fwd.pooled_sockets() == baseline
+    assert await _settled_fds(fwd, expect=baseline) == baseline
     assert fwd.stats().accepted == N + 1
