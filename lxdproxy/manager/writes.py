@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lxdproxy.api.request_json import device_map, string_map
+from lxdproxy.config.gostrconv import go_quote
 from lxdproxy.config.model import InstanceType, ProxyDevice
+from lxdproxy.config.names import check_device_name
 from lxdproxy.errors import ConfigError, NotSupportedError
 
 Devices = dict[str, dict[str, str]]
@@ -56,7 +58,7 @@ def from_patch(record: Mapping[str, Any], body: Mapping[str, Any]) -> Desired:
 
 def _validation_failed(device_name: str, message: str) -> ConfigError:
     return ConfigError(
-        f'Invalid devices: Device validation failed for "{device_name}": {message}'
+        f"Invalid devices: Device validation failed for {go_quote(device_name)}: {message}"
     )
 
 
@@ -73,10 +75,9 @@ def validate_devices(devices: Mapping[str, Mapping[str, str]],
     proxies: dict[str, ProxyDevice] = {}
     for name in sorted(devices):
         dev = devices[name]
-        if not name:
-            raise ConfigError("Invalid devices: Device name cannot be empty")
+        check_device_name(name)
         if not dev.get("type"):
-            raise _validation_failed(name, f'Missing device type for device "{name}"')
+            raise _validation_failed(name, f"Missing device type for device {go_quote(name)}")
         if dev["type"] != "proxy":
             continue
         if validate_proxy_device is None:
