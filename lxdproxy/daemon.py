@@ -25,6 +25,7 @@ from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
+from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 
 log = logging.getLogger("lxdproxy.daemon")
@@ -116,9 +117,7 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        if not cfg.state_dir.exists():
-            # Only a directory we create gets our mode; never chmod one the user pointed us at.
-            cfg.state_dir.mkdir(parents=True, mode=0o711)
+        prepare_state_dir(cfg.state_dir, cfg.unix_socket)
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
