@@ -23,8 +23,10 @@ from aiohttp import web
 from lxdproxy.api.app import create_app
 from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
+from lxdproxy.forward import Forwarder
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
+from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 
@@ -122,7 +124,10 @@ class Daemon:
         _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
         self.backend = _make_backend(cfg, self.store)
-        self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
+        cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+        forwarder = Forwarder(protected_paths=ProtectedPaths.of_daemon(cfg.state_dir,
+                                                                       cfg.unix_socket))
+        self.runtime = DeviceRuntime(nft_table=cfg.nft_table, forwarder=forwarder)
         self.service = InstanceService(self.backend, self.store, self.runtime)
         if not await self.service.reconcile():
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.

@@ -21,6 +21,7 @@ from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
 from lxdproxy.forward.udp.listener import UdpListenerRelay, relay_stream_to_datagram
 from lxdproxy.netns import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.proxy_protocol.codec import Command, Transport, encode_v1, encode_v2, netns_tlv
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,15 @@ class DeviceParams:
 
 class RunningDevice:
     def __init__(self, params: DeviceParams, plan: DevicePlan, *, label: str,
-                 connect_timeout: float, udp_idle_timeout: float) -> None:
+                 connect_timeout: float, udp_idle_timeout: float,
+                 protected: ProtectedPaths | None = None) -> None:
         self.params = params
         self.plan = plan
         self.label = label
         self.loop = asyncio.get_running_loop()
         self.endpoints = Endpoints(params.device, plan, listen_ns=params.listen_ns,
-                                   connect_ns=params.connect_ns, connect_timeout=connect_timeout)
+                                   connect_ns=params.connect_ns, connect_timeout=connect_timeout,
+                                   protected=protected)
         self.udp_idle_timeout = udp_idle_timeout
         self.listeners: list[tuple[socket.socket, ListenSpec]] = []
         self.udp_relays: list[UdpListenerRelay] = []

@@ -15,6 +15,7 @@ from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.device import DeviceParams, RunningDevice
 from lxdproxy.forward.plan import PlanError, plan_device
 from lxdproxy.netns import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class Forwarder:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *,
-                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0) -> None:
+                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0,
+                 protected_paths: ProtectedPaths | None = None) -> None:
         # ``loop`` is accepted for the architecture contract; the running loop is used.
+        self.protected_paths = protected_paths  # the daemon's own: no device may listen there
         self.connect_timeout = connect_timeout
         self.udp_idle_timeout = udp_idle_timeout
         self._devices: dict[DeviceKey, RunningDevice] = {}
@@ -142,7 +145,8 @@ class Forwarder:
             raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
         running = RunningDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
-                                udp_idle_timeout=self.udp_idle_timeout)
+                                udp_idle_timeout=self.udp_idle_timeout,
+                                protected=self.protected_paths)
         try:
             await running.start()
         except PlanError as exc:
