@@ -24,6 +24,7 @@ from lxdproxy.api.app import create_app
 from lxdproxy.api.operations import OperationRegistry
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.forward import Forwarder
+from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
 from lxdproxy.netns.protected_paths import ProtectedPaths
@@ -105,6 +106,7 @@ class Daemon:
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
         self._nat_repair: asyncio.Task[None] | None = None
+        self._nofile = 0
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -119,14 +121,16 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
+        self._nofile = raise_nofile_limit()
         prepare_state_dir(cfg.state_dir, cfg.unix_socket)
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
         self.backend = _make_backend(cfg, self.store)
         cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
-        forwarder = Forwarder(protected_paths=ProtectedPaths.of_daemon(cfg.state_dir,
-                                                                       cfg.unix_socket))
+        forwarder = Forwarder(
+            protected_paths=ProtectedPaths.of_daemon(cfg.state_dir, cfg.unix_socket),
+            budget=TrafficBudget(TrafficLimits(), self._nofile))
         self.runtime = DeviceRuntime(nft_table=cfg.nft_table, forwarder=forwarder)
         self.service = InstanceService(self.backend, self.store, self.runtime)
         if not await self.service.reconcile():

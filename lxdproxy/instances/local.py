@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import platform
+import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ NETNS_KEY = "user.lxdproxy.netns"
 NETNS_RUN_DIR = "/run/netns"
 
 STATUS_CODES = {"Running": 103, "Stopped": 102}
+POLL_BACKOFF_MAX = 30.0
 
 
 def validate_instance_name(name: Any) -> str:
@@ -354,12 +356,24 @@ class LocalBackend:
                 await self._notify(name)
 
     async def _poll(self) -> None:
+        delay = self._poll_interval
         while True:
             try:
                 await self.poll_once()
+            except (OSError, sqlite3.Error) as exc:
+                # Out of file descriptors (EMFILE) and the like: one line, no traceback, and
+                # back off (doubling, up to 30 s) instead of failing every second (issue 12).
+                if delay == self._poll_interval:
+                    log.warning("polling local instances failed: %s; retrying with back-off",
+                                getattr(exc, "strerror", None) or exc)
+                delay = min(max(delay, 0.1) * 2, POLL_BACKOFF_MAX)
             except Exception:
                 log.exception("polling local instances failed")
-            await asyncio.sleep(self._poll_interval)
+            else:
+                if delay != self._poll_interval:
+                    log.warning("polling local instances works again")
+                delay = self._poll_interval
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
         for name in list(self._pidfds):
