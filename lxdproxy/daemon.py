@@ -22,6 +22,7 @@ from aiohttp import web
 
 from lxdproxy.api.app import create_app
 from lxdproxy.api.operations import OperationRegistry
+from lxdproxy.api.server import ApiLimits, ApiServer
 from lxdproxy.errors import NotSupportedError
 from lxdproxy.forward import Forwarder
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
@@ -107,6 +108,7 @@ class Daemon:
         self._retry: asyncio.Task[None] | None = None
         self._nat_repair: asyncio.Task[None] | None = None
         self._nofile = 0
+        self._api: ApiServer | None = None
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -142,20 +144,24 @@ class Daemon:
         if cfg.https:
             trust, ssl_ctx, info = self._tls()
         app = create_app(self.service, OperationRegistry(), info=info, trust=trust)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        limits = ApiLimits()
+        ApiServer.install(app, limits)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=limits.keepalive_timeout)
         await self._runner.setup()
+        self._api = ApiServer(self._runner, limits, trust=trust)
 
         cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
         old_umask = os.umask(0o177)  # no window in which the socket is world-accessible
         try:
-            await web.UnixSite(self._runner, str(cfg.unix_socket)).start()
+            await self._api.start_unix(str(cfg.unix_socket))
             self._own_socket = True
         finally:
             os.umask(old_umask)
         os.chmod(cfg.unix_socket, cfg.socket_mode)
         if cfg.https and ssl_ctx is not None:
             host, port = cfg.https
-            await web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx).start()
+            await self._api.start_tls(host, port, ssl_ctx)
         # Re-apply NAT rules that vanished behind our back (e.g. `nft flush ruleset`).
         from lxdproxy.nat import runtime as nat_runtime
 
@@ -187,6 +193,8 @@ class Daemon:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._api is not None:
+            await self._api.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
