@@ -24,7 +24,9 @@ from aiohttp import web
 from lxdproxy.api import tls
 from lxdproxy.api.app import create_app
 from lxdproxy.api.metrics import device_collector
+from lxdproxy.api.server import ApiLimits, ApiServer
 from lxdproxy.errors import NotSupportedError
+from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import LocalBackend
@@ -34,6 +36,8 @@ from lxdproxy.manager.service import DeviceManager
 from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.nat.runtime import NatRuntime
 from lxdproxy.netns import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
+from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 from lxdproxy.warning_registry import WarningRegistry
 
@@ -63,6 +67,8 @@ class DaemonConfig:
     device_retry_interval: float = 5.0  # retrying stored devices that failed to start
     connect_timeout: float = 10.0  # dialing a proxy target
     udp_idle_timeout: float = 1800.0  # LXD's 30 minutes
+    traffic_limits: TrafficLimits = TrafficLimits()  # fd reserve, connection and session caps
+    api_limits: ApiLimits = ApiLimits()  # header/body/handshake timeouts, connection caps
     use_uvloop: bool = True
 
     @property
@@ -114,8 +120,10 @@ class Components:
         self.store.close()
 
 
-def build_components(config: DaemonConfig, store: Store) -> Components:
-    """Everything below the API, wired from ``config`` (call with a running loop)."""
+def build_components(config: DaemonConfig, store: Store, *,
+                     fd_limit: int | None = None) -> Components:
+    """Everything below the API, wired from ``config`` (call with a running loop).
+    ``fd_limit``: the file descriptors the process may use (None: its current soft limit)."""
     backend: InstanceBackend
     if config.lxd:
         backend = LxdBackend(config.lxd, store, poll_interval=config.lxd_poll_interval)
@@ -125,7 +133,10 @@ def build_components(config: DaemonConfig, store: Store) -> Components:
     nat = NatRuntime(net_path=host_ns.net if host_ns else None, table=config.nft_table,
                      repair_interval=config.nat_repair_interval)
     forwarder = Forwarder(connect_timeout=config.connect_timeout,
-                          udp_idle_timeout=config.udp_idle_timeout)
+                          udp_idle_timeout=config.udp_idle_timeout,
+                          protected_paths=ProtectedPaths.of_daemon(config.state_dir,
+                                                                   config.unix_socket),
+                          budget=TrafficBudget(config.traffic_limits, fd_limit))
     runtime = DeviceRuntime(forwarder, nat, host_ns=host_ns)
     warnings = WarningRegistry(store)
     manager = DeviceManager(backend, runtime, warnings, retry_interval=config.device_retry_interval)
@@ -149,6 +160,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
+        self._api: ApiServer | None = None
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -163,12 +175,14 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        if not cfg.state_dir.exists():
-            # Only a directory we create gets our mode; never chmod one the user pointed us at.
-            cfg.state_dir.mkdir(parents=True, mode=0o711)
+        fd_limit = raise_nofile_limit()
+        prepare_state_dir(cfg.state_dir, cfg.unix_socket)
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
-        self.components = components = build_components(cfg, Store(cfg.state_dir / "lxdproxy.db"))
+        cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)  # ProtectedPaths stats it
+        components = build_components(cfg, Store(cfg.state_dir / "lxdproxy.db"),
+                                      fd_limit=fd_limit)
+        self.components = components
         if not await components.manager.reconcile():
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
             self._retry = asyncio.get_running_loop().create_task(
@@ -178,20 +192,22 @@ class Daemon:
         if cfg.https:
             trust, ssl_ctx, info = self._tls(cfg.https)
         app = build_app(components, info=info, trust=trust)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        ApiServer.install(app, cfg.api_limits)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=cfg.api_limits.keepalive_timeout)
         await self._runner.setup()
+        self._api = ApiServer(self._runner, cfg.api_limits, trust=trust)
 
-        cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)
         old_umask = os.umask(0o177)  # no window in which the socket is world-accessible
         try:
-            await web.UnixSite(self._runner, str(cfg.unix_socket)).start()
+            await self._api.start_unix(str(cfg.unix_socket))
             self._own_socket = True
         finally:
             os.umask(old_umask)
         os.chmod(cfg.unix_socket, cfg.socket_mode)
         if cfg.https and ssl_ctx is not None:
             host, port = cfg.https
-            await web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx).start()
+            await self._api.start_tls(host, port, ssl_ctx)
         # Re-apply NAT rules that vanished behind our back (e.g. `nft flush ruleset`).
         components.runtime.nat.start_repair()
         components.manager.start_retrying()
@@ -212,6 +228,8 @@ class Daemon:
             self._retry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retry
+        if self._api is not None:
+            await self._api.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

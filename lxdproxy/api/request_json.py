@@ -4,6 +4,11 @@ LXD decodes bodies into Go structs, so clients see Go's messages
 (``invalid character 'n' looking for beginning of object key string``, captured in
 fixtures/rest/patch-invalid-json.json). Python's decoder reports the position of the problem;
 we map the common cases onto Go's text from the character found there.
+
+Hostile bodies get a 400 too, never a 500 (issue 12): ``NaN``/``Infinity`` are refused as Go
+refuses them (Python's decoder accepts them), numbers are bounded in length (Python's ``int``
+raises past 4,300 digits) and nesting in depth (the C decoder recurses: 100,000 levels raised
+RecursionError). LXD's bodies are at most 3 levels deep; Go allows 10,000.
 """
 
 from __future__ import annotations
@@ -12,6 +17,15 @@ import json
 from typing import Any
 
 from lxdproxy.errors import LxdError
+
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 64
+
+
+class _HostileJson(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def _go_quote_char(ch: str) -> str:
@@ -71,6 +85,70 @@ def go_json_error(text: str, exc: json.JSONDecodeError) -> str:
     return f"invalid JSON: {msg} at offset {pos}"
 
 
+_CONSTANT = "constant"
+_DEPTH_ERROR = "exceeded max depth"  # Go's scanner's own words (at 10,000 levels there)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _HostileJson(_CONSTANT)
+
+
+def _too_long(text: str) -> _HostileJson:
+    return _HostileJson(f"json: cannot unmarshal number {text[:16]}... ({len(text)} characters) "
+                        "into Go value of type float64")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _too_long(text)
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _too_long(text)
+    return float(text)
+
+
+def _constant_error(text: str) -> str:
+    """Go's error for the first ``NaN``/``Infinity``/``-Infinity`` outside a string."""
+    in_string = escaped = False
+    for pos, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "NI":
+            where = "in numeric literal" if pos and text[pos - 1] == "-" else \
+                "looking for beginning of value"
+            return f"invalid character {_go_quote_char(ch)} {where}"
+    return "invalid character looking for beginning of value"
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            return level
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _go_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
@@ -95,9 +173,18 @@ def decode_object(raw: bytes, struct: str = "api.InstancePut") -> dict[str, Any]
         # Go's Decoder on an empty body.
         raise LxdError("EOF", 400)
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                           parse_float=_bounded_float)
     except json.JSONDecodeError as exc:
         raise LxdError(go_json_error(text, exc), 400) from None
+    except _HostileJson as exc:
+        if exc.message == _CONSTANT:
+            raise LxdError(_constant_error(text), 400) from None
+        raise LxdError(exc.message, 400) from None
+    except RecursionError:
+        raise LxdError(_DEPTH_ERROR, 400) from None
+    if _depth(value) > MAX_DEPTH:
+        raise LxdError(_DEPTH_ERROR, 400)
     if value is None:
         return {}
     if not isinstance(value, dict):

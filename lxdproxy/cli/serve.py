@@ -10,6 +10,7 @@ from pathlib import Path
 from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port
 from lxdproxy.daemon import run as run_daemon
 from lxdproxy.errors import LxdError
+from lxdproxy.log_format import EscapingFormatter
 from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.store import StoreError
 
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
-                        format="lxdproxy: %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("lxdproxy: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     try:
         config = DaemonConfig(
             state_dir=args.state_dir.absolute(),

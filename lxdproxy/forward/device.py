@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
+from lxdproxy.forward.budget import DeviceBudget, TrafficBudget
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.endpoints import ConnectFailed, Endpoints
 from lxdproxy.forward.plan import DevicePlan, HeaderKind, ListenSpec, RelayKind
@@ -22,6 +23,7 @@ from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.stream_relay import RelayMode, StreamRelay
 from lxdproxy.forward.udp.listener import UdpListenerRelay, relay_stream_to_datagram
 from lxdproxy.netns import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.proxy_protocol.codec import Command, Transport, encode_v1, encode_v2, netns_tlv
 
 log = logging.getLogger(__name__)
@@ -44,14 +46,18 @@ class DeviceParams:
 class RunningDevice:
     def __init__(self, params: DeviceParams, plan: DevicePlan, *, label: str,
                  connect_timeout: float, udp_idle_timeout: float,
-                 counters: DeviceCounters | None = None) -> None:
+                 counters: DeviceCounters | None = None,
+                 protected: ProtectedPaths | None = None,
+                 budget: DeviceBudget | None = None) -> None:
         self.params = params
         self.counters = counters if counters is not None else DeviceCounters()
+        self.budget = budget or TrafficBudget().device(label)
         self.plan = plan
         self.label = label
         self.loop = asyncio.get_running_loop()
         self.endpoints = Endpoints(params.device, plan, listen_ns=params.listen_ns,
-                                   connect_ns=params.connect_ns, connect_timeout=connect_timeout)
+                                   connect_ns=params.connect_ns, connect_timeout=connect_timeout,
+                                   protected=protected)
         self.udp_idle_timeout = udp_idle_timeout
         self.listeners: list[tuple[socket.socket, ListenSpec]] = []
         self.udp_relays: list[UdpListenerRelay] = []
@@ -96,6 +102,7 @@ class RunningDevice:
                     header_factory=self._datagram_header if self.plan.header is HeaderKind.V2
                     else None,
                     idle_timeout=self.udp_idle_timeout, counters=self.counters,
+                    budget=self.budget,
                 )
                 relay.start()
                 self.udp_relays.append(relay)
@@ -147,6 +154,9 @@ class RunningDevice:
                     self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
                     return
                 continue  # ECONNABORTED and friends: that client is gone, try the next
+            if not self.budget.admit_connection():
+                conn.close()  # at once: a refused client must not wait in the backlog
+                continue
             self.counters.connections_accepted += 1
             conn.setblocking(False)
             if conn.family != socket.AF_UNIX:
@@ -158,6 +168,7 @@ class RunningDevice:
     async def _serve(self, client: socket.socket | None, spec: ListenSpec) -> None:
         assert client is not None
         target: socket.socket | None = None
+        relayed = False  # a StreamRelay owns the connection's budget from then on
         try:
             if self.plan.relay is RelayKind.STREAM_TO_DATAGRAM:
                 target = await self.endpoints.open_datagram(spec.connect_port)
@@ -177,6 +188,7 @@ class RunningDevice:
                                 warn=self._relay_warning, counters=self.counters)
             client = target = None  # the relay owns them now
             self.relays.add(relay)
+            relayed = True
             relay.start()
         except ConnectFailed as exc:
             self.counters.connect_failures += 1
@@ -190,12 +202,16 @@ class RunningDevice:
                 client.close()
             if target is not None:
                 target.close()
+            if not relayed:
+                self.budget.release_connection()
 
     def _relay_warning(self, message: str) -> None:
         self._warn.warning("%s", message)
 
     def _relay_closed(self, relay: StreamRelay, reason: str) -> None:
-        self.relays.discard(relay)
+        if relay in self.relays:
+            self.relays.discard(relay)
+            self.budget.release_connection()
 
     # -- PROXY headers --------------------------------------------------------------------------
     def _stream_header(self, client: socket.socket) -> bytes | None:

@@ -29,6 +29,7 @@ from lxdproxy.forward.plan import (
 )
 from lxdproxy.forward.socket_pool import SocketPool, new_socket
 from lxdproxy.netns import NamespaceHelper, Namespaces, NetnsExecutor, netns_executor
+from lxdproxy.netns.protected_paths import ProtectedPaths
 
 LISTEN_BACKLOG = 4096
 
@@ -42,7 +43,8 @@ class _HostSocketFile:
     """The unix socket file we created on the daemon's side, so stop() removes that one only."""
 
     path: str
-    identity: tuple[int, int] | None  # (st_dev, st_ino) when it lives in our own mount namespace
+    identity: tuple[int, int] | None  # (st_dev, st_ino) of the socket file the helper made
+    own_mount_ns: bool  # it lives in our own mount namespace: compared and removed from here
 
 
 def _inet_listener(spec: ListenSpec) -> socket.socket:
@@ -89,8 +91,10 @@ class Endpoints:
     """The namespaces and helpers of one running device."""
 
     def __init__(self, device: ProxyDevice, plan: DevicePlan, *, listen_ns: Namespaces,
-                 connect_ns: Namespaces, connect_timeout: float) -> None:
+                 connect_ns: Namespaces, connect_timeout: float,
+                 protected: ProtectedPaths | None = None) -> None:
         self.device = device
+        self.protected = protected  # the daemon's API socket and state dir: never listened on
         self.plan = plan
         self.listen_ns = listen_ns
         self.connect_ns = connect_ns
@@ -132,19 +136,16 @@ class Endpoints:
         helper = await self._spawn(self.listen_ns)
         try:
             try:
-                sock = await helper.bind_unix(spec.host, socket.SOCK_STREAM, uid=self.device.uid,
-                                              gid=self.device.gid, mode=self.device.mode,
-                                              listen_backlog=LISTEN_BACKLOG)
+                sock, identity = await helper.bind_unix_file(
+                    spec.host, socket.SOCK_STREAM, uid=self.device.uid, gid=self.device.gid,
+                    mode=self.device.mode, listen_backlog=LISTEN_BACKLOG,
+                    protected=self.protected)
             except OSError as exc:
                 raise PlanError(listen_error(spec, exc)) from None
         finally:
             await helper.close()
         if self.device.bind is BindSide.HOST:
-            identity = None
-            if self.listen_ns.mnt is None:
-                st = os.lstat(spec.host)
-                identity = (st.st_dev, st.st_ino)
-            self._host_socket = _HostSocketFile(spec.host, identity)
+            self._host_socket = _HostSocketFile(spec.host, identity, self.listen_ns.mnt is None)
         sock.setblocking(False)
         return sock
 
@@ -156,7 +157,7 @@ class Endpoints:
         entry, self._host_socket = self._host_socket, None
         if entry is None:
             return
-        if entry.identity is not None:
+        if entry.own_mount_ns:
             try:
                 st = os.lstat(entry.path)
             except FileNotFoundError:
@@ -169,7 +170,7 @@ class Endpoints:
         except PlanError:
             return
         try:
-            await helper.unlink(entry.path)
+            await helper.unlink(entry.path, entry.identity)
         except OSError:
             pass
         finally:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from lxdproxy.config.model import ProxyDevice
 from lxdproxy.errors import DeviceStartError
+from lxdproxy.forward.budget import TrafficBudget
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.device import DeviceParams, RunningDevice
 from lxdproxy.forward.plan import PlanError, plan_device
 from lxdproxy.netns import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ class Forwarder:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *,
-                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0) -> None:
+                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0,
+                 protected_paths: ProtectedPaths | None = None,
+                 budget: TrafficBudget | None = None) -> None:
         # ``loop`` is accepted for the architecture contract; the running loop is used.
+        self.protected_paths = protected_paths  # the daemon's own: no device may listen there
+        self.budget = budget or TrafficBudget()  # fds for traffic, shared by every device
         self.connect_timeout = connect_timeout
         self.udp_idle_timeout = udp_idle_timeout
         self._devices: dict[DeviceKey, RunningDevice] = {}
@@ -157,7 +163,9 @@ class Forwarder:
             del self._counters[parked]
         running = RunningDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
-                                udp_idle_timeout=self.udp_idle_timeout, counters=counters)
+                                udp_idle_timeout=self.udp_idle_timeout, counters=counters,
+                                protected=self.protected_paths,
+                                budget=self.budget.device(_label(key)))
         try:
             await running.start()
         except PlanError as exc:

@@ -16,12 +16,14 @@ import dataclasses
 import logging
 import os
 import platform
-import re
+import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from lxdproxy.config.gostrconv import go_quote
 from lxdproxy.config.model import InstanceType
+from lxdproxy.config.names import check_instance_name, parse_ascii_uint
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
 from lxdproxy.instances.backend import InstanceChanged
 from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
@@ -33,24 +35,21 @@ log = logging.getLogger("lxdproxy.instances.local")
 PID_KEY = "user.lxdproxy.pid"
 NETNS_KEY = "user.lxdproxy.netns"
 NETNS_RUN_DIR = "/run/netns"
-_NAME_CHARS = re.compile(r"^[a-zA-Z0-9-]+$")
 
 STATUS_CODES = {"Running": 103, "Stopped": 102}
+POLL_BACKOFF_MAX = 30.0
 
 
 def validate_instance_name(name: Any) -> str:
-    # LXD's instance name rules (hostname-like: they become the container's hostname).
+    # LXD's instance.ValidName (hostname rules: they become the container's hostname).
     if not isinstance(name, str) or not name:
         raise ConfigError("Instance name is required")
-    if len(name) > 63:
-        raise ConfigError("Instance name must be between 1 and 63 characters long")
-    if not _NAME_CHARS.match(name):
-        raise ConfigError("Instance name can only contain alphanumeric and hyphen characters")
-    if name[0].isdigit() or name[0] == "-":
-        raise ConfigError("Instance name must not start with a digit or hyphen")
-    if name.endswith("-"):
-        raise ConfigError("Instance name must not end with a hyphen")
-    return name
+    return check_instance_name(name)
+
+
+def _pid_of(pid_text: str | None) -> int | None:
+    """The PID in ``user.lxdproxy.pid`` (ASCII digits only), or None."""
+    return parse_ascii_uint(pid_text) if pid_text else None
 
 
 def pid_starttime(pid: int) -> int | None:
@@ -82,17 +81,17 @@ def parse_anchor(config: Mapping[str, str], previous: InstanceRow | None = None
     pid_text, netns = config.get(PID_KEY), config.get(NETNS_KEY)
     if previous is not None and (pid_text, netns) == (previous.config.get(PID_KEY),
                                                        previous.config.get(NETNS_KEY)):
-        return (int(pid_text) if pid_text else None), netns, previous.pid_starttime
+        return _pid_of(pid_text), netns, previous.pid_starttime
     if pid_text and netns:
         raise ConfigError(f'Config "{PID_KEY}" and "{NETNS_KEY}" are mutually exclusive')
     if not pid_text and not netns:
         raise ConfigError(f'Local instances need config "{PID_KEY}" (a process ID) or '
                           f'"{NETNS_KEY}" (a network namespace name or path)')
     if pid_text:
-        if not pid_text.isdigit() or int(pid_text) <= 0:
-            raise ConfigError(f'Invalid value for config "{PID_KEY}": "{pid_text}" is not a '
-                              "process ID")
-        pid = int(pid_text)
+        pid = _pid_of(pid_text)
+        if pid is None or pid <= 0:
+            raise ConfigError(f'Invalid value for config "{PID_KEY}": {go_quote(pid_text)} is '
+                              "not a process ID")
         start = pid_starttime(pid)
         if start is None:
             raise ConfigError(f'Invalid value for config "{PID_KEY}": No process with PID {pid}')
@@ -145,8 +144,9 @@ class LocalBackend:
     @staticmethod
     def _anchor_alive(row: InstanceRow) -> bool:
         pid_text, netns = row.config.get(PID_KEY), row.config.get(NETNS_KEY)
-        if pid_text and pid_text.isdigit():
-            start = pid_starttime(int(pid_text))
+        pid = _pid_of(pid_text)
+        if pid is not None:
+            start = pid_starttime(pid)
             return start is not None and (row.pid_starttime in (None, start))
         if netns:
             return os.path.exists(netns_path(netns))
@@ -194,7 +194,7 @@ class LocalBackend:
             name=row.name,
             type=InstanceType(row.type),
             status=self._status(row),
-            pid=int(pid_text) if pid_text and pid_text.isdigit() else None,
+            pid=_pid_of(pid_text),
             netns=netns_path(netns) if netns and not pid_text else None,
             nics=nics_from_devices(devices, row.config),
         )
@@ -320,7 +320,7 @@ class LocalBackend:
     # the fallback (kernels without pidfd_open, netns-anchored instances, replaced netns).
     def _track_pid(self, row: InstanceRow) -> None:
         pid_text = row.config.get(PID_KEY)
-        pid = int(pid_text) if pid_text and pid_text.isdigit() else None
+        pid = _pid_of(pid_text)
         current = self._pidfds.get(row.name)
         if current is not None and current[0] == pid:
             return
@@ -364,12 +364,24 @@ class LocalBackend:
                 await self._notify(name)
 
     async def _poll(self) -> None:
+        delay = self._poll_interval
         while True:
             try:
                 await self.poll_once()
+            except (OSError, sqlite3.Error) as exc:
+                # Out of file descriptors (EMFILE) and the like: one line, no traceback, and
+                # back off (doubling, up to 30 s) instead of failing every second (issue 12).
+                if delay == self._poll_interval:
+                    log.warning("polling local instances failed: %s; retrying with back-off",
+                                getattr(exc, "strerror", None) or exc)
+                delay = min(max(delay, 0.1) * 2, POLL_BACKOFF_MAX)
             except Exception:
                 log.exception("polling local instances failed")
-            await asyncio.sleep(self._poll_interval)
+            else:
+                if delay != self._poll_interval:
+                    log.warning("polling local instances works again")
+                delay = self._poll_interval
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
         for name in list(self._pidfds):

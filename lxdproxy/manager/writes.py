@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lxdproxy.config import validate_proxy_device
+from lxdproxy.config.gostrconv import go_quote
 from lxdproxy.config.model import InstanceType, ProxyDevice
+from lxdproxy.config.names import check_device_name
 from lxdproxy.errors import ConfigError
 from lxdproxy.instances.model import Devices, Instance, InstanceUpdate
 
@@ -65,7 +67,9 @@ def current_state(record: Mapping[str, Any]) -> InstanceUpdate:
 
 
 def _validation_failed(device_name: str, message: str) -> ConfigError:
-    return ConfigError(f'Invalid devices: Device validation failed for "{device_name}": {message}')
+    return ConfigError(
+        f"Invalid devices: Device validation failed for {go_quote(device_name)}: {message}"
+    )
 
 
 def validate_devices(devices: Mapping[str, Mapping[str, str]],
@@ -77,12 +81,11 @@ def validate_devices(devices: Mapping[str, Mapping[str, str]],
     proxies: dict[str, ProxyDevice] = {}
     for name in sorted(devices):
         dev = devices[name]
-        if not name:
-            raise ConfigError("Invalid devices: Device name cannot be empty")
+        check_device_name(name)
         if not dev.get("type"):
             # LXD 5.0.2's words (device_load.go: deviceLoad -> "Missing device type in config").
-            raise _validation_failed(name, f'Failed loading device "{name}": Missing device type '
-                                           "in config")
+            raise _validation_failed(name, f"Failed loading device {go_quote(name)}: Missing "
+                                           "device type in config")
         if dev["type"] != "proxy":
             continue
         try:

@@ -14,6 +14,7 @@ them for the daemon.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -63,6 +64,10 @@ class NatApplier:
         self._nft: nftables.Nftables | None = None
         self._lock = threading.RLock()
         self._applied: dict[str, NatRuleSet] = {}
+        # What `nft -j list` showed of each device's chains right after we applied them: the
+        # JSON we apply, normalised by nft itself (it rewrites expressions on the way in), so
+        # repair compares content, not counts (issue 12: a hand-changed DNAT target stayed).
+        self._listed: dict[str, str] = {}
         self._created_table = False  # we created it, so we may delete it once empty
         self._worker: ThreadPoolExecutor | None = None
 
@@ -121,6 +126,7 @@ class NatApplier:
         if not existed:
             self._created_table = True
         self._applied[ruleset.label] = ruleset
+        self._listed[ruleset.label] = self._content(self._list_table(FAMILY) or [], ruleset)
         # Flows that were tracked before (un-NATed) or under an older version of the rules.
         self._flush_flows([_flow_match(ruleset)])
 
@@ -136,6 +142,7 @@ class NatApplier:
 
     def _remove_in_ns(self, label: str) -> bool:
         self._applied.pop(label, None)
+        self._listed.pop(label, None)
         names = {chain_name(h, label) for h in Hook}
         cmds: list[dict[str, Any]] = []
         flows: list[UdpFlowMatch] = []
@@ -181,8 +188,24 @@ class NatApplier:
     def applied(self) -> dict[str, NatRuleSet]:
         return dict(self._applied)
 
+    def _content(self, objects: list[dict[str, Any]], ruleset: NatRuleSet) -> str:
+        """A device's three chains as listed: their hook settings and every rule's
+        expressions (handles left out: they change on every re-apply)."""
+        chains = self._chains(objects)
+        content: list[Any] = []
+        for hook in Hook:
+            name = ruleset.chain(hook)
+            chain = chains.get(name)
+            if chain is None:
+                content.append(None)
+                continue
+            settings = {k: chain.get(k) for k in ("type", "hook", "prio", "policy")}
+            content.append([settings, [r.get("expr") for r in self._rules(objects, name)]])
+        return json.dumps(content, sort_keys=True)
+
     def check_and_repair(self) -> list[str]:
-        """Re-apply recorded rule sets whose chains or rules went missing; returns their labels."""
+        """Re-apply recorded rule sets whose chains differ in any way from what was applied
+        (missing, extra or changed rules, changed chain settings); returns their labels."""
         return self.call_in_namespace(self._repair_in_ns)
 
     def _repair_in_ns(self) -> list[str]:
@@ -192,17 +215,15 @@ class NatApplier:
         chains = self._chains(objects or [])
         repaired = []
         for label, ruleset in sorted(self._applied.items()):
-            intact = all(
-                ruleset.chain(h) in chains
-                and len(self._rules(objects or [], ruleset.chain(h))) == len(ruleset.rule_texts(h))
-                for h in Hook
-            )
-            if intact:
+            if self._content(objects or [], ruleset) == self._listed.get(label):
                 continue
-            log.warning("NAT rules of %s vanished from table %s: re-applying", label, self.table)
+            gone = not all(ruleset.chain(h) in chains for h in Hook)
+            log.warning("NAT rules of %s %s in table %s: re-applying", label,
+                        "vanished" if gone else "were changed", self.table)
             if objects is None:
                 self._created_table = True
             self._run(ruleset.to_json())
+            self._listed[label] = self._content(self._list_table(FAMILY) or [], ruleset)
             self._flush_flows([_flow_match(ruleset)])
             repaired.append(label)
         return repaired

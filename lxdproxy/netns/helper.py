@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from lxdproxy.netns.namespaces import Namespaces
+from lxdproxy.netns.protected_paths import ProtectedPaths
 
 _TYPE_NAMES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 
@@ -50,6 +51,9 @@ class NamespaceHelper:
         return await asyncio.to_thread(cls.spawn_sync, ns, uid=uid, gid=gid)
 
     def _request_raw(self, req: dict[str, Any]) -> socket.socket | None:
+        return self._exchange(req)[0]
+
+    def _exchange(self, req: dict[str, Any]) -> tuple[socket.socket | None, dict[str, Any]]:
         with self._lock:
             self._chan.sendall(json.dumps(req).encode())
             msg, fds, _flags, _addr = socket.recv_fds(self._chan, 65536, 1)
@@ -61,8 +65,8 @@ class NamespaceHelper:
                 os.close(fd)
             raise OSError(reply.get("errno") or 0, reply.get("error", "namespace helper failed"))
         if reply.get("fd"):
-            return socket.socket(fileno=fds[0])
-        return None
+            return socket.socket(fileno=fds[0]), reply
+        return None, reply
 
     def request(self, op: str, **kw: Any) -> socket.socket | None:
         return self._request_raw({"op": op, **kw})
@@ -73,13 +77,27 @@ class NamespaceHelper:
     async def bind_unix(self, path: str, sock_type: int = socket.SOCK_STREAM, *, uid: int | None = None,
                         gid: int | None = None, mode: int | None = None,
                         listen_backlog: int = 4096) -> socket.socket:
-        req: dict[str, Any] = {"path": path, "type": _TYPE_NAMES[sock_type], "uid": uid, "gid": gid,
-                               "backlog": listen_backlog}
+        sock, _identity = await self.bind_unix_file(path, sock_type, uid=uid, gid=gid, mode=mode,
+                                                    listen_backlog=listen_backlog)
+        return sock
+
+    async def bind_unix_file(self, path: str, sock_type: int = socket.SOCK_STREAM, *,
+                             uid: int | None = None, gid: int | None = None,
+                             mode: int | None = None, listen_backlog: int = 4096,
+                             protected: ProtectedPaths | None = None
+                             ) -> tuple[socket.socket, tuple[int, int] | None]:
+        """Bind a unix socket at ``path`` (never over a live socket, never at a protected path);
+        returns it with the (st_dev, st_ino) of the socket file, for ``unlink``."""
+        req: dict[str, Any] = {"op": "bind_unix", "path": path, "type": _TYPE_NAMES[sock_type],
+                               "uid": uid, "gid": gid, "backlog": listen_backlog}
         if mode is not None:
             req["mode"] = mode
-        sock = await self.arequest("bind_unix", **req)
+        if protected is not None:
+            req["protected"] = protected.to_request()
+        sock, reply = await asyncio.to_thread(self._exchange, req)
         assert sock is not None
-        return sock
+        identity = reply.get("identity")
+        return sock, (identity[0], identity[1]) if identity else None
 
     async def connect_unix(self, path: str, sock_type: int = socket.SOCK_STREAM,
                            timeout: float = 5.0) -> socket.socket:
@@ -99,8 +117,9 @@ class NamespaceHelper:
         assert sock is not None
         return sock
 
-    async def unlink(self, path: str) -> None:
-        await self.arequest("unlink", path=path)
+    async def unlink(self, path: str, identity: tuple[int, int] | None = None) -> None:
+        """Remove the socket file at ``path`` if it is still the one with that identity."""
+        await self.arequest("unlink", path=path, identity=list(identity) if identity else None)
 
     @property
     def pid(self) -> int:

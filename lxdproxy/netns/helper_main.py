@@ -11,6 +11,7 @@ host: a container escape). Standard library only; started as
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -71,17 +72,68 @@ def _address(path: str) -> str | bytes:
     return b"\0" + path[1:].encode() if path.startswith("@") else path
 
 
-def bind_unix(req: dict) -> socket.socket:
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino]
+
+
+def refuse_protected(path: str, protected: dict | None) -> None:
+    """Refuse a listen path inside the daemon's state directory or at its API socket.
+
+    Compared by (st_dev, st_ino) of the directories, resolved here, in the mount namespace the
+    socket is bound in: a symlinked or bind-mounted way to the state directory is caught too."""
+    if not protected:
+        return
+    dirs = [list(d) for d in protected.get("dirs", ())]
+    entries = [(list(d), name) for d, name in protected.get("entries", ())]
+    parent = os.path.dirname(path) or "."
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return  # bind() reports the missing directory itself
+    here = _identity(st)
+    if [here, os.path.basename(path)] in [[d, n] for d, n in entries]:
+        raise PermissionError(errno.EACCES, f"{path} is the daemon's API socket")
+    for _ in range(256):  # walk up to the root
+        if here in dirs:
+            raise PermissionError(errno.EACCES, f"{path} is inside the daemon's state directory")
+        parent = os.path.join(parent, "..")
+        up = _identity(os.stat(parent))
+        if up == here:
+            return
+        here = up
+
+
+def _listening(path: str) -> bool:
+    """Whether a program accepts on the socket file at ``path`` (ECONNREFUSED: nobody does)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        # EAGAIN (its backlog is full), EPROTOTYPE (a datagram socket), EACCES...: alive.
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def bind_unix(req: dict) -> tuple[socket.socket, dict]:
     path = req["path"]
     if not path.startswith("@"):
+        refuse_protected(path, req.get("protected"))
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             pass
         else:
-            # LXD unlinks whatever is there (quirk: any file). We replace only a stale socket.
+            # LXD unlinks whatever is there (quirk: any file, even a live socket of another
+            # program). We replace only a stale socket: one nobody accepts on.
             if not stat.S_ISSOCK(st.st_mode):
                 raise FileExistsError(17, f"{path} exists and is not a socket")
+            if _listening(path):
+                raise OSError(errno.EADDRINUSE, f"{path} is in use: another program is "
+                                                "listening on it")
             os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, TYPES[req["type"]])
     try:
@@ -90,17 +142,20 @@ def bind_unix(req: dict) -> socket.socket:
             sock.bind(_address(path))
         finally:
             os.umask(old)
+        extra: dict = {}
         if not path.startswith("@"):
             uid, gid = req.get("uid"), req.get("gid")
             if uid is not None or gid is not None:
                 os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
             os.chmod(path, req.get("mode", 0o644))
+            # What unlink() compares against, so stop never removes a file put there since.
+            extra["identity"] = _identity(os.lstat(path))
         if req["type"] != "dgram":
             sock.listen(req.get("backlog", 4096))
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, extra
 
 
 def connect_unix(req: dict) -> socket.socket:
@@ -130,11 +185,14 @@ def new_socket(req: dict) -> socket.socket:
 
 
 def unlink(req: dict) -> None:
+    """Remove the socket file ``bind_unix`` made, only if it is still that one (same device
+    and inode, when given): never a file someone else put at the path since."""
     try:
         st = os.lstat(req["path"])
     except FileNotFoundError:
         return None
-    if stat.S_ISSOCK(st.st_mode):
+    expected = req.get("identity")
+    if stat.S_ISSOCK(st.st_mode) and (expected is None or _identity(st) == list(expected)):
         os.unlink(req["path"])
     return None
 
@@ -158,9 +216,13 @@ def serve(chan: socket.socket) -> None:
         except Exception as exc:  # a bad request must not kill the helper
             chan.send(json.dumps({"ok": False, "errno": 0, "error": str(exc)}).encode())
             continue
+        extra: dict = {}
+        if isinstance(result, tuple):
+            result, extra = result
         if isinstance(result, socket.socket):
             result.setblocking(False)
-            socket.send_fds(chan, [b'{"ok": true, "fd": true}'], [result.fileno()])
+            socket.send_fds(chan, [json.dumps({"ok": True, "fd": True, **extra}).encode()],
+                            [result.fileno()])
             result.close()
         else:
             chan.send(b'{"ok": true}')

@@ -111,7 +111,7 @@ async def test_not_found_envelopes_match_lxd(api: Any) -> None:
      'Invalid value for config "user.lxdproxy.netns": Network namespace "lxp-missing-ns" '
      'not found'),
     ({"name": "1c", "config": {"user.lxdproxy.pid": "1"}}, 400,
-     "Instance name must not start with a digit or hyphen"),
+     "Invalid instance name: Name must not start with a number"),
     ({"name": "c1", "source": {"type": "image"}, "config": {"user.lxdproxy.pid": "1"}}, 501,
      'Source type "image" is not supported by the local backend: register an existing '
      'process or netns with source type "none"'),

@@ -17,6 +17,7 @@ PACKAGE = "lxdproxy"
 LAYERS: dict[str, int] = {
     "lxdproxy": 0,  # the package itself (__version__); exact match only, not a prefix
     "lxdproxy.errors": 0,
+    "lxdproxy.log_format": 0,
     "lxdproxy.config": 0,
     "lxdproxy.proxy_protocol": 0,
     "lxdproxy.instances.model": 1,
@@ -25,6 +26,7 @@ LAYERS: dict[str, int] = {
     "lxdproxy.nat": 2,
     "lxdproxy.store": 2,
     "lxdproxy.warning_registry": 2,
+    "lxdproxy.state_dir": 2,
     "lxdproxy.instances": 2,
     "lxdproxy.workers": 3,
     "lxdproxy.manager": 4,

@@ -27,6 +27,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from lxdproxy.forward.budget import DeviceBudget
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.pktinfo import (
@@ -84,9 +85,11 @@ class UdpListenerRelay:
         idle_timeout: float = 1800.0,
         max_sessions: int = 4096,
         counters: DeviceCounters | None = None,
+        budget: DeviceBudget | None = None,
     ) -> None:
         self._counters = counters if counters is not None else DeviceCounters()
         self._sock = listen_sock
+        self._budget = budget  # the device's fd budget: one fd per session
         self._fd = listen_sock.fileno()
         self._local = listen_sock.getsockname()
         # Bound to 0.0.0.0 or ::: learn each datagram's destination, to answer from it.
@@ -134,10 +137,25 @@ class UdpListenerRelay:
         if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTEN_RCVBUF:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
         self._loop.add_reader(self._fd, self._on_listen_readable)
+        if self._budget is not None:
+            self._budget.register(self)
+
+    def oldest_activity(self) -> float | None:
+        """When the least recently active session expires (the budget evicts by this)."""
+        return self._table.next_expiry()
+
+    def evict_oldest(self) -> bool:
+        oldest = self._table.oldest()
+        if oldest is None:
+            return False
+        self._drop(oldest.value)
+        return True
 
     async def stop(self) -> None:
         """Stop reading and close every session socket (not the listen socket)."""
         was_running, self._running = self._running, False
+        if self._budget is not None:
+            self._budget.unregister(self)
         loop = self._loop
         if loop is not None and was_running:
             loop.remove_reader(self._fd)
@@ -236,6 +254,8 @@ class UdpListenerRelay:
                 self._log.warning("no PROXY header for %r, datagram dropped: %s", client, e)
                 self._counters.datagrams_dropped += 1
                 return
+        if self._budget is not None and not self._budget.admit_session():
+            return  # counted and logged by the budget
         lookup = self._table.add(self._fd, client, s)
         s.entry = lookup.session
         self._by_client[client] = s
@@ -401,6 +421,8 @@ class UdpListenerRelay:
         if s.closed:
             return
         s.closed = True
+        if self._budget is not None:
+            self._budget.release_session()
         s.pending = None
         if self._by_client.get(s.client) is s:
             del self._by_client[s.client]

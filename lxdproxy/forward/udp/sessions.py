@@ -137,6 +137,10 @@ class UdpSessionTable(Generic[V]):
             expired.append(self._sessions.popitem(last=False)[1])
         return expired
 
+    def oldest(self) -> UdpSession[V] | None:
+        """The least recently active session (the next to expire or be evicted)."""
+        return next(iter(self._sessions.values()), None)
+
     def next_expiry(self) -> float | None:
         """When the oldest session will expire (clock time), or None if the table is empty: the
         data plane sleeps until then instead of polling."""
