@@ -148,32 +148,17 @@ class Endpoints:
         sock.setblocking(False)
         return sock
 
-    async def remove_host_socket(self) -> None:
-        """Delete the daemon-side socket file we created (LXD does this for bind=host only).
-
-        Only if it is still our socket: a file someone put there since is left alone.
-        """
+    def take_host_socket(self) -> tuple[str, tuple[int, int] | None] | None:
+        """Hand over the daemon-side socket file (path, identity) to whoever will remove it
+        (a worker pool removes it when the device stops, long after these endpoints are gone)."""
         entry, self._host_socket = self._host_socket, None
-        if entry is None:
-            return
-        if entry.identity is not None:
-            try:
-                st = os.lstat(entry.path)
-            except FileNotFoundError:
-                return
-            if (st.st_dev, st.st_ino) == entry.identity:
-                os.unlink(entry.path)
-            return
-        try:
-            helper = await self._spawn(self.listen_ns)
-        except PlanError:
-            return
-        try:
-            await helper.unlink(entry.path)
-        except OSError:
-            pass
-        finally:
-            await helper.close()
+        return None if entry is None else (entry.path, entry.identity)
+
+    async def remove_host_socket(self) -> None:
+        """Delete the daemon-side socket file we created (LXD does this for bind=host only)."""
+        entry = self.take_host_socket()
+        if entry is not None:
+            await remove_socket_file(entry[0], entry[1], self.listen_ns)
 
     # -- connecting -----------------------------------------------------------------------------
     async def prepare_connector(self) -> None:
@@ -301,6 +286,31 @@ class Endpoints:
         if helper is not None:
             await helper.close()
         await self.remove_host_socket()
+
+
+async def remove_socket_file(path: str, identity: tuple[int, int] | None,
+                             listen_ns: Namespaces) -> None:
+    """Delete a unix socket file we bound, only if it is still ours: a file someone put there
+    since is left alone. ``identity`` (st_dev, st_ino) when it lives in our own mount namespace;
+    otherwise a helper inside ``listen_ns`` unlinks it (never resolved from here)."""
+    if identity is not None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == identity:
+            os.unlink(path)
+        return
+    try:
+        helper = await NamespaceHelper.spawn(listen_ns)
+    except OSError:
+        return
+    try:
+        await helper.unlink(path)
+    except OSError:
+        pass
+    finally:
+        await helper.close()
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
