@@ -34,6 +34,21 @@ def start_in_lab_host(lab: Any, argv: list[str], log_path: Path,
     raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
 
 
+def shutdown_daemon(proc: subprocess.Popen[bytes], socket_path: Path | str,
+                    timeout: float = 20.0) -> int:
+    """``lxdproxy shutdown`` (devices, workers, NAT rules, unix sockets: all gone), then the
+    exit code. A SIGTERM alone would leave the workers forwarding, as it does in production."""
+    if proc.poll() is None:
+        done = subprocess.run([str(LXDPROXY), "shutdown", "--socket", str(socket_path),
+                               "--timeout", str(timeout)], capture_output=True, timeout=timeout + 5)
+        if done.returncode != 0 and proc.poll() is None:
+            proc.terminate()
+    code = proc.wait(timeout)
+    if proc.stdout:
+        proc.stdout.close()
+    return code
+
+
 class RunningDaemon:
     def __init__(self, lab: Any, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
@@ -50,8 +65,16 @@ class RunningDaemon:
                        "--nft-table", NFT_TABLE, *self.extra_args], self.log, timeout)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def shutdown(self, timeout: float = 20.0) -> int:
+        """Stop the daemon and everything it runs (``lxdproxy shutdown``)."""
         assert self.proc is not None
+        return shutdown_daemon(self.proc, self.socket, timeout)
+
+    def stop(self, sig: int | None = None, timeout: float = 20.0) -> int:
+        """``shutdown()``, or send ``sig`` (SIGTERM/SIGINT detach from the workers) and wait."""
+        assert self.proc is not None
+        if sig is None:
+            return self.shutdown(timeout)
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
         if self.proc.stdout:

@@ -21,11 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from lxdproxy.api.app import create_app
+from lxdproxy.api.internal import InternalControl, add_internal_routes
 from lxdproxy.api.operations import OperationRegistry
-from lxdproxy.errors import NotSupportedError
+from lxdproxy.errors import LxdError, NotSupportedError
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import InstanceService
 from lxdproxy.store import Store
+from lxdproxy.workers import WorkerPool
 
 log = logging.getLogger("lxdproxy.daemon")
 
@@ -46,6 +48,9 @@ class DaemonConfig:
     nft_table: str = "lxdproxy"
     poll_interval: float = 1.0
     nat_repair_interval: float = 10.0  # seconds between checks that our NAT rules still exist
+    workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process
+    drain_timeout: float | None = None  # reload: how long old workers may finish connections
+    log_level: str = "INFO"
 
     @property
     def unix_socket(self) -> Path:
@@ -102,6 +107,11 @@ class Daemon:
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
         self._nat_repair: asyncio.Task[None] | None = None
+        self.pool: WorkerPool | None = None
+        # Set by PUT /internal/shutdown: stop everything. Otherwise (SIGTERM, SIGINT) the
+        # control plane detaches and the workers keep every listener and connection.
+        self.full_stop = False
+        self.stop_requested = asyncio.Event()
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -123,9 +133,15 @@ class Daemon:
         _claim_socket_path(cfg.unix_socket)
         self.store = Store(cfg.state_dir / "lxdproxy.db")
         self.backend = _make_backend(cfg, self.store)
-        self.runtime = DeviceRuntime(nft_table=cfg.nft_table)
+        if cfg.workers != 0:
+            self.pool = WorkerPool(cfg.state_dir, workers=cfg.workers,
+                                   drain_timeout=cfg.drain_timeout, log_level=cfg.log_level)
+            await self.pool.open()  # finds the workers a previous control plane left running
+        self.runtime = DeviceRuntime(nft_table=cfg.nft_table, forwarder=self.pool)
         self.service = InstanceService(self.backend, self.store, self.runtime)
-        if not await self.service.reconcile():
+        if await self.service.reconcile():
+            await self._stop_unwanted_forwards()
+        else:
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
             self._retry = asyncio.get_running_loop().create_task(
                 self.service.reconcile_until_done())
@@ -134,6 +150,8 @@ class Daemon:
         if cfg.https:
             trust, ssl_ctx, info = self._tls()
         app = create_app(self.service, OperationRegistry(), info=info, trust=trust)
+        add_internal_routes(app, InternalControl(shutdown=self._request_shutdown,
+                                                 reload=self._reload))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
 
@@ -153,6 +171,26 @@ class Daemon:
 
         self._nat_repair = asyncio.get_running_loop().create_task(
             nat_runtime.watch(cfg.nat_repair_interval))
+
+    async def _stop_unwanted_forwards(self) -> None:
+        """After a restart the workers may run devices deleted meanwhile: reconcile started
+        every wanted one (a no-op where the workers already run it); stop the rest."""
+        if self.pool is None or self.runtime is None:
+            return
+        for key in list(self.pool.running()):
+            if not self.runtime.is_running(*key):
+                log.info("stopping device %s/%s: no longer wanted", *key)
+                await self.pool.stop(key)
+
+    async def _request_shutdown(self) -> None:
+        self.full_stop = True
+        self.stop_requested.set()
+
+    async def _reload(self) -> None:
+        if self.pool is None:
+            raise LxdError("Reload needs worker processes (the daemon runs with --workers 0)",
+                           400)
+        await self.pool.reload()
 
     def _tls(self) -> tuple[Any, Any, dict[str, Any]]:
         try:
@@ -187,8 +225,16 @@ class Daemon:
                 self.config.unix_socket.unlink()
         if self.service is not None:
             await self.service.close()
-        if self.runtime is not None:
+        detach = self.pool is not None and not self.full_stop
+        if self.runtime is not None and not detach:
             await self.runtime.stop_all()
+        if self.pool is not None:
+            if detach:
+                # NAT rules, unix socket files, listeners and connections stay for the next
+                # control plane, which finds the workers and changes only what differs.
+                self.pool.detach()
+            else:
+                await self.pool.shutdown()
         if self.backend is not None:
             await self.backend.close()
         if self.store is not None:
@@ -198,7 +244,9 @@ class Daemon:
 
 
 async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop every device cleanly."""
+    """Run until SIGTERM/SIGINT (or ``stop_event``): then detach from the workers, which keep
+    forwarding (with ``workers=0``: stop every device). ``PUT /internal/shutdown`` stops
+    everything."""
     import signal
 
     stop_event = stop_event or asyncio.Event()
@@ -212,8 +260,15 @@ async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -
         if config.https:
             print(f"lxdproxy: listening on https://{config.https[0]}:{config.https[1]}",
                   flush=True)
-        await stop_event.wait()
-        log.info("stopping")
+        waits = [asyncio.ensure_future(stop_event.wait()),
+                 asyncio.ensure_future(daemon.stop_requested.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        log.info("shutting down" if daemon.full_stop or daemon.pool is None else
+                 "detaching: the workers keep forwarding")
     except NotSupportedError as exc:
         raise DaemonError(exc.message) from None
     finally:

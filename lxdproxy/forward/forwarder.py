@@ -49,8 +49,15 @@ class Forwarder:
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
                     connect_ns: Namespaces, instance_name: str,
                     instance_pid: int | None = None) -> None:
-        """Start a device; raises DeviceStartError with LXD's text (nothing stays open then)."""
+        """Start a device; raises DeviceStartError with LXD's text (nothing stays open then).
+        A key that runs is updated (``update``); the same parameters again are a no-op."""
         params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+        if key in self._devices:
+            if self._devices[key].params == params:
+                return
+            await self.update(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
+                              instance_name=instance_name, instance_pid=instance_pid)
+            return
         async with self._lock(key):
             if key in self._devices:
                 raise DeviceStartError(f"Proxy device {key[1]!r} of {key[0]!r} is already running")

@@ -56,13 +56,20 @@ class DeviceRuntime:
     def is_running(self, instance_name: str, device_name: str) -> bool:
         return (instance_name, device_name) in self._running
 
+    def updates_in_place(self, key: Key, device: ProxyDevice) -> bool:
+        """A running forwarded device changing to another forwarded config: the forwarder
+        updates it in place (a kept listener keeps its established connections; a refused
+        config leaves the old one running), so no stop first."""
+        rd = self._running.get(key)
+        return rd is not None and not rd.nat and not device.nat
+
     # -- start / stop -------------------------------------------------------------------------
 
     async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
         """Start one device; raises DeviceStartError (or another LxdError) with the reason only;
         the caller adds LXD's ``Failed to start device "<dev>": `` prefix."""
         key = (instance.name, device_name)
-        if key in self._running:
+        if key in self._running and not self.updates_in_place(key, device):
             await self.stop(*key)
         if device.nat:
             await self._start_nat(instance, device_name, device)

@@ -135,10 +135,15 @@ class InstanceService:
                      new: dict[str, ProxyDevice], persist: Any) -> None:
         stopped: list[tuple[str, RunningDevice]] = []
         started: list[str] = []
+        updated: dict[str, RunningDevice] = {}  # changed in place: rollback restores the old
         try:
             for dev in stop:
                 rd = self.runtime.running(inst.name).get(dev)
                 if rd is not None:
+                    if (inst.running and dev in start
+                            and self.runtime.updates_in_place((inst.name, dev), new[dev])):
+                        updated[dev] = rd
+                        continue
                     await self.runtime.stop(inst.name, dev)
                     stopped.append((dev, rd))
             if inst.running:
@@ -151,8 +156,9 @@ class InstanceService:
             await persist()
         except BaseException:
             for dev in reversed(started):
-                await self.runtime.stop(inst.name, dev)
-            for dev, rd in stopped:
+                if dev not in updated:
+                    await self.runtime.stop(inst.name, dev)
+            for dev, rd in [*stopped, *updated.items()]:
                 try:
                     await self.runtime.start(rd.instance, dev, rd.device)
                 except Exception:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lab.daemon import start_in_lab_host
+from lab.daemon import shutdown_daemon, start_in_lab_host
 
 REPO = Path(__file__).resolve().parents[2]
 # Override to run the checklist against another build (e.g. a mutated copy, to see it go red).
@@ -72,12 +72,7 @@ class Daemon:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(20)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return code
+        return shutdown_daemon(self.proc, self.socket)
 
     # -- REST ---------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ traffic through a device added by `lxdproxy config device add`: the README flow.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.daemon import shutdown_daemon
 from lab.traffic import roundtrip
 from lxdproxy.cli import main
 from lxdproxy.cli.api_client import ApiError, DaemonClient
@@ -49,11 +49,7 @@ def daemon(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     try:
         yield sock
     finally:
-        proc.send_signal(signal.SIGTERM)  # let it remove its devices before the lab goes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shutdown_daemon(proc, Path(sock))  # devices and workers gone before the lab goes
 
 
 def lx(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

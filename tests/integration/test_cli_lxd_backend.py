@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from lab.daemon import shutdown_daemon
 from lxdproxy.cli import main
 from tests.integration.test_cli_daemon import echo_through, lx, start_daemon
 
@@ -167,5 +168,4 @@ def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, capsys, monkeypatch):
         with pytest.raises(ConnectionRefusedError):
             echo_through(client, lab.host.ipv4, 8080, b"gone")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        shutdown_daemon(proc, Path(sock))
