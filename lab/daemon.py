@@ -49,6 +49,23 @@ def shutdown_daemon(proc: subprocess.Popen[bytes], socket_path: Path | str,
     return code
 
 
+def worker_pids(state_dir: Path) -> list[int]:
+    """The data-plane workers serving ``state_dir`` (their control sockets live under it)."""
+    marker = f"--socket\0{state_dir.absolute()}/workers/".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"lxdproxy.workers.worker_main" in cmdline and marker in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 class RunningDaemon:
     def __init__(self, lab: Any, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
