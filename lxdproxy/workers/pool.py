@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import logging
 import os
+import socket
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -325,7 +326,8 @@ class WorkerPool:
             old_plan = _plan_of(old)
         except (PlanError, ValueError):
             return {}
-        by_spec = {_listen_key(spec): i for i, spec in enumerate(old_plan.listeners)}
+        by_spec = {_listen_key(spec): i for i, spec in enumerate(old_plan.listeners)
+                   if _still_bound(spec, old)}
         return {i: by_spec[_listen_key(s)] for i, s in enumerate(plan.listeners)
                 if _listen_key(s) in by_spec}
 
@@ -510,6 +512,21 @@ def _listen_key(spec: ListenSpec) -> ListenSpec:
     # What the socket is: where it listens. Which connect port it maps to is the relay's
     # business, so a changed port map keeps the listener.
     return dataclasses.replace(spec, connect_port=None)
+
+
+def _still_bound(spec: ListenSpec, old: DeviceSpec) -> bool:
+    """A unix path listener is worth keeping only while its socket file is still the one we
+    bound: someone who removed the file gets it back on the next change (as LXD's forkproxy
+    restart re-creates it). One in another mount namespace is not looked at from here."""
+    if spec.family != socket.AF_UNIX or spec.abstract:
+        return True
+    if old.host_socket is None or old.host_socket[1] is None:
+        return False
+    try:
+        st = os.lstat(old.host_socket[0])
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == old.host_socket[1]
 
 
 def _port_clash(exc: DeviceStartError, old: DeviceSpec, plan: DevicePlan) -> bool:
