@@ -4,10 +4,12 @@ reload, update in place, and stop means stop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +21,7 @@ from lab import Lab
 from lab.continuity import ConnectLoop, HeldConnection
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.workers import WorkerPool
+from lxdproxy.workers.protocol import PROTOCOL_VERSION, FrameDecoder, Reply
 from tests.integration.test_forward_support import proxy, roundtrip, started
 
 pytestmark = pytest.mark.lab
@@ -322,3 +325,25 @@ async def test_shutdown_leaves_no_process_and_no_socket_file(lab: Lab, state_dir
     assert not any(_alive(pid) for pid in pids)
     assert not os.path.exists(path)
     assert list((state_dir / "workers").glob("*.sock")) == []
+
+
+async def test_a_worker_answers_another_protocol_version_with_both_versions(
+        state_dir: Path, pools: list[WorkerPool]) -> None:
+    pool = await _pool(pools, state_dir)
+    path = next((state_dir / "workers").glob("*.sock"))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    frame = json.dumps({"v": PROTOCOL_VERSION + 1, "id": 1, "kind": "hello", "fds": 0,
+                        "body": {}}).encode()
+    sock.sendall(struct.pack("!I", len(frame)) + frame)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    (reply,) = FrameDecoder().feed(data)
+    assert isinstance(reply.message, Reply) and not reply.message.ok
+    assert reply.message.error == (f"worker protocol version mismatch: this side speaks "
+                                   f"{PROTOCOL_VERSION}, the peer sent {PROTOCOL_VERSION + 1}")
+    assert (await pool.stats()).workers == 2  # the worker lives on for its own control plane
