@@ -65,15 +65,15 @@ class LxdproxyDaemon:
             raise DaemonError(str(exc)) from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        """``lxdproxy shutdown``: devices and workers gone (a SIGTERM would only detach)."""
+        from lab.daemon import shutdown_daemon
+
+        if self.proc is not None:
             try:
-                self.proc.wait(timeout=10)
+                shutdown_daemon(self.proc, self.socket_path)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def log_tail(self, n: int = 2000) -> str:
@@ -87,8 +87,14 @@ class LxdproxyDaemon:
         assert self.proc is not None
         return self.proc.pid
 
+    def pids(self) -> list[int]:
+        """The control plane and its data-plane workers."""
+        from lab.daemon import worker_pids
+
+        return [self.pid, *worker_pids(self.state_dir)]
+
     def memory_kib(self) -> dict[str, int]:
-        return procstat.memory_kib([self.pid])
+        return procstat.memory_kib(self.pids())
 
     # -- REST ------------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:

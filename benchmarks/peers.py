@@ -244,7 +244,7 @@ class Lxdproxy(Peer):
         })
 
     def cpu_pids(self) -> list[int]:
-        return [] if self.nat else [self.daemon.pid]
+        return [] if self.nat else self.daemon.pids()
 
     def add_forward(self, index: int, port: int) -> float:
         t0 = time.monotonic()

@@ -33,14 +33,13 @@ def tree(pid: int) -> list[int]:
 def cpu_seconds(pids: list[int]) -> float:
     """utime+stime (all threads) plus cutime+cstime (reaped children) of each pid's whole tree."""
     total = 0
-    for root in pids:
-        for p in tree(root):
-            try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            # after the ")": state is field 3, utime/stime/cutime/cstime are fields 14..17
-            total += sum(int(x) for x in fields[11:15])
+    for p in dict.fromkeys(p for root in pids for p in tree(root)):  # each process once
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # after the ")": state is field 3, utime/stime/cutime/cstime are fields 14..17
+        total += sum(int(x) for x in fields[11:15])
     return total / _TICK
 
 
@@ -67,7 +66,7 @@ def _pss_kib(pid: int) -> int:
 def memory_kib(pids: list[int]) -> dict[str, int]:
     """Summed VmRSS and Pss over each pid's tree. RSS counts shared pages (binary text, libs) once per
     process, so N copies of one program overstate; Pss splits shared pages between their users."""
-    procs = [p for root in pids for p in tree(root)]
+    procs = list(dict.fromkeys(p for root in pids for p in tree(root)))  # each process once
     return {
         "rss_kib": sum(_status_kib(p, "VmRSS") for p in procs),
         "pss_kib": sum(_pss_kib(p) for p in procs),

@@ -27,7 +27,7 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
-from lxdproxy.netns import Namespaces, netns_executor, release_netns_executor
+from lxdproxy.netns import Namespaces, netns_executor, ns_identity, release_netns_executor
 
 REPO = Path(__file__).resolve().parents[1]
 HOST_V4, HOST_V6 = "198.18.0.1", "fd42::1"
@@ -294,12 +294,34 @@ class Lab:
                 pass
         for inst in self.instances:
             inst._kill()
+        self._kill_stragglers()
         for name in reversed(self._netns_names):
             release_netns_executor(f"/run/netns/{name}")
             try:
                 _off_loop(netns.remove, name)
             except OSError:
                 pass
+
+    def _kill_stragglers(self) -> None:
+        """End what still runs inside the lab's own network namespaces: only the lab's tests
+        started processes there (e.g. data-plane workers, which outlive the daemon that
+        spawned them by design, when a test did not shut that daemon down)."""
+        ours = set()
+        for name in self._netns_names:
+            try:
+                ours.add(ns_identity(f"/run/netns/{name}"))
+            except OSError:
+                pass
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if ns_identity(f"/proc/{entry}/ns/net") not in ours:
+                    continue
+                os.kill(int(entry), 9)
+            except (OSError, ProcessLookupError):
+                continue
+            print(f"lab: killed leftover process {entry} in the lab's namespaces", file=sys.stderr)
 
     def __enter__(self) -> Lab:
         return self

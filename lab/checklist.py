@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.daemon import start_in_lab_host
+from lab.daemon import shutdown_daemon, start_in_lab_host
 
 REPO = Path(__file__).resolve().parents[1]
 # Override to run the checklist against another build (e.g. a mutated copy, to see it go red).
@@ -69,12 +69,7 @@ class Daemon:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(20)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return code
+        return shutdown_daemon(self.proc, self.socket)
 
     # -- REST ---------------------------------------------------------------------------------
 

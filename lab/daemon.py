@@ -37,6 +37,38 @@ def start_in_lab_host(lab: Any, argv: list[str], log_path: Path,
     raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
 
 
+def shutdown_daemon(proc: subprocess.Popen[bytes], socket_path: Path | str,
+                    timeout: float = 20.0) -> int:
+    """``lxdproxy shutdown`` (devices, workers, NAT rules, unix sockets: all gone), then the
+    exit code. A SIGTERM alone would leave the workers forwarding, as it does in production."""
+    if proc.poll() is None:
+        done = subprocess.run([str(LXDPROXY), "shutdown", "--socket", str(socket_path),
+                               "--timeout", str(timeout)], capture_output=True, timeout=timeout + 5)
+        if done.returncode != 0 and proc.poll() is None:
+            proc.terminate()
+    code = proc.wait(timeout)
+    if proc.stdout:
+        proc.stdout.close()
+    return code
+
+
+def worker_pids(state_dir: Path) -> list[int]:
+    """The data-plane workers serving ``state_dir`` (their control sockets live under it)."""
+    marker = f"--socket\0{state_dir.absolute()}/workers/".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"lxdproxy.workers.worker_main" in cmdline and marker in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 class RunningDaemon:
     def __init__(self, lab: Any, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
@@ -53,8 +85,16 @@ class RunningDaemon:
                        "--nft-table", NFT_TABLE, *self.extra_args], self.log, timeout)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def shutdown(self, timeout: float = 20.0) -> int:
+        """Stop the daemon and everything it runs (``lxdproxy shutdown``)."""
         assert self.proc is not None
+        return shutdown_daemon(self.proc, self.socket, timeout)
+
+    def stop(self, sig: int | None = None, timeout: float = 20.0) -> int:
+        """``shutdown()``, or send ``sig`` (SIGTERM/SIGINT detach from the workers) and wait."""
+        assert self.proc is not None
+        if sig is None:
+            return self.shutdown(timeout)
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
         if self.proc.stdout:

@@ -1,8 +1,13 @@
 """The composition root: one DaemonConfig -> store + backend + data plane + NAT + manager + API.
 
-Start order: open the store, pick the backend, reconcile (every stored proxy device of every
-running instance is realised; failures are logged, not fatal), then listen. Stop order: stop
-listening, stop every device (NAT rules removed, host unix sockets unlinked), close the store.
+Start order: open the store, pick the backend, find (or spawn) the data plane's workers,
+reconcile (every stored proxy device of every running instance is realised; failures are
+warnings, not fatal; what the workers run and nobody wants is stopped), then listen.
+
+Stop: SIGTERM/SIGINT detach the control plane: the workers keep every listener and connection,
+NAT rules and unix socket files stay, and the next control plane changes only what differs.
+``PUT /internal/shutdown`` (``lxdproxy shutdown``) stops every device and the workers too. With
+``workers=0`` the daemon forwards itself, and any stop stops everything.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from aiohttp import web
 
 from lxdproxy.api import tls
 from lxdproxy.api.app import create_app
+from lxdproxy.api.internal import InternalControl, add_internal_routes
 from lxdproxy.api.metrics import device_collector
 from lxdproxy.api.server import ApiLimits, ApiServer
-from lxdproxy.errors import NotSupportedError
+from lxdproxy.errors import LxdError, NotSupportedError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.instances.backend import InstanceBackend
@@ -40,6 +46,7 @@ from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 from lxdproxy.warning_registry import WarningRegistry
+from lxdproxy.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,9 @@ class DaemonConfig:
     udp_idle_timeout: float = 1800.0  # LXD's 30 minutes
     traffic_limits: TrafficLimits = TrafficLimits()  # fd reserve, connection and session caps
     api_limits: ApiLimits = ApiLimits()  # header/body/handshake timeouts, connection caps
+    workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process
+    drain_timeout: float | None = None  # reload: how long old workers may finish connections
+    log_level: str = "INFO"  # the workers log at this level too
     use_uvloop: bool = True
 
     @property
@@ -111,19 +121,27 @@ class Components:
     runtime: DeviceRuntime
     warnings: WarningRegistry
     manager: DeviceManager
+    pool: WorkerPool | None  # None: the in-process Forwarder is the data plane
 
-    async def close(self) -> None:
+    async def close(self, *, detach: bool = False) -> None:
+        """``detach``: leave the workers (and the NAT rules) running for the next control
+        plane; otherwise stop every device and the workers."""
         await self.manager.close()
-        await self.runtime.stop_all()
         await self.runtime.nat.close()
+        if detach and self.pool is not None:
+            self.pool.detach()
+        else:
+            await self.runtime.stop_all()
+            if self.pool is not None:
+                await self.pool.shutdown()
         await self.backend.close()
         self.store.close()
 
 
-def build_components(config: DaemonConfig, store: Store, *,
-                     fd_limit: int | None = None) -> Components:
-    """Everything below the API, wired from ``config`` (call with a running loop).
-    ``fd_limit``: the file descriptors the process may use (None: its current soft limit)."""
+async def build_components(config: DaemonConfig, store: Store, *,
+                           fd_limit: int | None = None) -> Components:
+    """Everything below the API, wired from ``config``; finds the workers a previous control
+    plane left running. ``fd_limit``: the fds the process may use (None: its soft limit)."""
     backend: InstanceBackend
     if config.lxd:
         backend = LxdBackend(config.lxd, store, poll_interval=config.lxd_poll_interval)
@@ -132,24 +150,39 @@ def build_components(config: DaemonConfig, store: Store, *,
     host_ns = Namespaces.of_netns(config.host_netns) if config.host_netns else None
     nat = NatRuntime(net_path=host_ns.net if host_ns else None, table=config.nft_table,
                      repair_interval=config.nat_repair_interval)
-    forwarder = Forwarder(connect_timeout=config.connect_timeout,
-                          udp_idle_timeout=config.udp_idle_timeout,
-                          protected_paths=ProtectedPaths.of_daemon(config.state_dir,
-                                                                   config.unix_socket),
-                          budget=TrafficBudget(config.traffic_limits, fd_limit))
-    runtime = DeviceRuntime(forwarder, nat, host_ns=host_ns)
+    protected = ProtectedPaths.of_daemon(config.state_dir, config.unix_socket)
+    pool: WorkerPool | None = None
+    dataplane: WorkerPool | Forwarder
+    if config.workers == 0:
+        dataplane = Forwarder(connect_timeout=config.connect_timeout,
+                              udp_idle_timeout=config.udp_idle_timeout, protected_paths=protected,
+                              budget=TrafficBudget(config.traffic_limits, fd_limit))
+    else:
+        dataplane = pool = WorkerPool(config.state_dir, workers=config.workers,
+                                      drain_timeout=config.drain_timeout,
+                                      log_level=config.log_level,
+                                      connect_timeout=config.connect_timeout,
+                                      udp_idle_timeout=config.udp_idle_timeout,
+                                      protected_paths=protected)
+        await pool.open()
+    runtime = DeviceRuntime(dataplane, nat, host_ns=host_ns)
     warnings = WarningRegistry(store)
     manager = DeviceManager(backend, runtime, warnings, retry_interval=config.device_retry_interval)
-    return Components(store, backend, runtime, warnings, manager)
+    return Components(store, backend, runtime, warnings, manager, pool)
 
 
 def build_app(components: Components, *, info: dict[str, Any] | None = None,
-              trust: tls.TrustStore | None = None) -> web.Application:
-    """The API over ``components``; ``info``: TLS certificate and addresses for GET /1.0."""
+              trust: tls.TrustStore | None = None,
+              control: InternalControl | None = None) -> web.Application:
+    """The API over ``components``; ``info``: TLS certificate and addresses for GET /1.0;
+    ``control``: the daemon's own /internal endpoints."""
     metrics = device_collector(components.runtime, components.warnings, components.store)
-    return create_app(components.manager, info={"backend_kind": components.backend.kind,
-                                                **(info or {})},
-                      trust=trust, warnings=components.warnings, metrics=metrics)
+    app = create_app(components.manager, info={"backend_kind": components.backend.kind,
+                                               **(info or {})},
+                     trust=trust, warnings=components.warnings, metrics=metrics)
+    if control is not None:
+        add_internal_routes(app, control)
+    return app
 
 
 class Daemon:
@@ -161,6 +194,10 @@ class Daemon:
         self._own_socket = False
         self._retry: asyncio.Task[None] | None = None
         self._api: ApiServer | None = None
+        # Set by PUT /internal/shutdown: stop everything. Otherwise (SIGTERM, SIGINT) the
+        # control plane detaches and the workers keep every listener and connection.
+        self.full_stop = False
+        self.stop_requested = asyncio.Event()
 
     def _lock_state_dir(self) -> None:
         # Two daemons on one state dir would both realise every device: refuse the second.
@@ -180,8 +217,8 @@ class Daemon:
         self._lock_state_dir()
         _claim_socket_path(cfg.unix_socket)
         cfg.unix_socket.parent.mkdir(parents=True, exist_ok=True)  # ProtectedPaths stats it
-        components = build_components(cfg, Store(cfg.state_dir / "lxdproxy.db"),
-                                      fd_limit=fd_limit)
+        components = await build_components(cfg, Store(cfg.state_dir / "lxdproxy.db"),
+                                            fd_limit=fd_limit)
         self.components = components
         if not await components.manager.reconcile():
             # The backend (a real LXD) is not reachable yet: serve anyway and keep trying.
@@ -191,7 +228,9 @@ class Daemon:
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
             trust, ssl_ctx, info = self._tls(cfg.https)
-        app = build_app(components, info=info, trust=trust)
+        app = build_app(components, info=info, trust=trust,
+                        control=InternalControl(shutdown=self._request_shutdown,
+                                                reload=self._reload))
         ApiServer.install(app, cfg.api_limits)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=cfg.api_limits.keepalive_timeout)
@@ -211,6 +250,22 @@ class Daemon:
         # Re-apply NAT rules that vanished behind our back (e.g. `nft flush ruleset`).
         components.runtime.nat.start_repair()
         components.manager.start_retrying()
+
+    async def _request_shutdown(self) -> None:
+        self.full_stop = True
+        self.stop_requested.set()
+
+    async def _reload(self) -> None:
+        assert self.components is not None
+        if self.components.pool is None:
+            raise LxdError("Reload needs worker processes (the daemon runs with --workers 0)",
+                           400)
+        await self.components.pool.reload()
+
+    @property
+    def detaches(self) -> bool:
+        return self.components is not None and self.components.pool is not None \
+            and not self.full_stop
 
     def _tls(self, address: tuple[str, int]) -> tuple[tls.TrustStore, Any, dict[str, Any]]:
         state_dir = self.config.state_dir
@@ -237,13 +292,15 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.config.unix_socket.unlink()
         if self.components is not None:
-            await self.components.close()
+            await self.components.close(detach=self.detaches)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
 
 async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop every device cleanly."""
+    """Run until SIGTERM/SIGINT (or ``stop_event``): then detach from the workers, which keep
+    forwarding (with ``workers=0``: stop every device). ``PUT /internal/shutdown`` stops
+    everything."""
     stop_event = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -255,8 +312,14 @@ async def serve(config: DaemonConfig, stop_event: asyncio.Event | None = None) -
         if config.https:
             print(f"lxdproxy: listening on https://{config.https[0]}:{config.https[1]}",
                   flush=True)
-        await stop_event.wait()
-        log.info("stopping")
+        waits = [asyncio.ensure_future(stop_event.wait()),
+                 asyncio.ensure_future(daemon.stop_requested.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        log.info("detaching: the workers keep forwarding" if daemon.detaches else "shutting down")
     except NotSupportedError as exc:
         raise DaemonError(exc.message) from None
     finally:

@@ -14,7 +14,7 @@ restarted there) or a source disappears, what it had counted is kept as the devi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -141,16 +141,17 @@ class DeviceCollector:
     """
 
     def __init__(self, running: Callable[[], Iterable[tuple[DeviceLabels, bool]]],
-                 counters: Callable[[], SourceSnapshots],
+                 counters: Callable[[], Awaitable[SourceSnapshots]],
                  failed: Callable[[], Iterable[DeviceLabels]]) -> None:
         self._running = running
         self._counters = counters
         self._failed = failed
         self._totals = CounterTotals()
 
-    def read(self) -> list[DeviceReading]:
-        """On the event loop (the runtime's state is the loop's): plain copies, no formatting."""
-        totals = self._totals.update(self._counters())
+    async def read(self) -> list[DeviceReading]:
+        """On the event loop (the runtime's state is the loop's): plain copies, no formatting.
+        The counters come from the data plane (each worker answers with its own)."""
+        totals = self._totals.update(await self._counters())
         readings = [DeviceReading(labels, True, None if nat else totals.get(labels.key, {}))
                     for labels, nat in self._running()]
         seen = {r.labels.key for r in readings}
@@ -211,7 +212,7 @@ METRICS = web.AppKey("metrics", DeviceCollector)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    readings = request.app[METRICS].read()
+    readings = await request.app[METRICS].read()
     # Formatting is ~70 us a device: in a thread, so a big scrape never stalls the relays for
     # its whole length (the GIL still switches every few ms).
     body = await asyncio.get_running_loop().run_in_executor(None, render, readings)
@@ -223,7 +224,7 @@ class RunningDevices(Protocol):
 
     def running_devices(self) -> Mapping[DeviceKey, Any]: ...
 
-    def device_counters(self) -> SourceSnapshots: ...
+    async def device_counters(self) -> SourceSnapshots: ...
 
 
 def device_collector(runtime: RunningDevices, warnings: WarningRegistry,

@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "nat": ("lxdproxy.cli.nat_show", "NAT helpers (nat show: the nft commands a device would produce)"),
     "config": ("lxdproxy.cli.config_commands", "lxc-style device commands against a running daemon"),
     "instance": ("lxdproxy.cli.instance_commands", "register local instances with a running daemon"),
+    "shutdown": ("lxdproxy.cli.shutdown", "stop the daemon, its workers and every device"),
+    "reload": ("lxdproxy.cli.reload", "replace the data-plane workers (the old ones drain)"),
 }
 
 

@@ -28,8 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nftables table for NAT devices (default lxdproxy; 'lxd' = LXD's)")
     parser.add_argument("--nat-repair-interval", type=float, default=10.0, metavar="SECONDS",
                         help="how often to re-apply NAT rules that vanished (default 10)")
+    parser.add_argument("--workers", type=_worker_count, default=None, metavar="N",
+                        help="data-plane worker processes (default: one per CPU; 0 = forward "
+                             "in the daemon itself, and every restart is an outage)")
+    parser.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
+                        help="on reload, how long old workers may finish their connections "
+                             "(default: until they close)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the worker count cannot be negative")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
             lxd=args.lxd,
             nft_table=args.nft_table,
             nat_repair_interval=args.nat_repair_interval,
+            workers=args.workers,
+            drain_timeout=args.drain_timeout,
+            log_level=args.log_level,
         )
         run_daemon(config)
     except (DaemonError, StoreError, LxdError, OSError) as exc:

@@ -64,6 +64,8 @@ class RunningDevice:
         self.relays: set[StreamRelay] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopped = False
+        self.retiring = False  # stopped accepting; established connections run to their end
+        self._idle = asyncio.Event()
         self._accepting: set[int] = set()
         self._warn = RateLimitedLog(log, label)
         self._mode = RelayMode.RIGHTS if plan.relay is RelayKind.UNIX_RIGHTS else RelayMode.SPLICE
@@ -86,17 +88,27 @@ class RunningDevice:
                 "udp_sessions_active": sum(r.session_count for r in self.udp_relays)}
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Open everything; on failure nothing stays open (raises PlanError)."""
+    async def start(self, listeners: list[socket.socket] | None = None, *,
+                    read_datagrams: bool = True) -> None:
+        """Open everything; on failure nothing stays open (raises PlanError).
+
+        ``listeners``: sockets opened elsewhere (a worker gets them from the control plane),
+        one per planned listener; they are ours from here (closed by stop()), and nothing
+        this method opens stays open on failure. ``read_datagrams=False`` holds UDP listeners
+        without reading them (another worker owns their sessions).
+        """
         try:
             await self.endpoints.prepare_connector()
-            socks = await self.endpoints.open_listeners()
+            socks = listeners if listeners is not None else await self.endpoints.open_listeners()
         except BaseException:
             await self.endpoints.close()
             raise
         self.listeners = list(zip(socks, self.plan.listeners, strict=True))
         for sock, spec in self.listeners:
+            sock.setblocking(False)
             if self.plan.relay is RelayKind.DATAGRAM:
+                if not read_datagrams:
+                    continue
                 relay = UdpListenerRelay(
                     sock, spec.connect_port or 0, self.endpoints.open_datagram,
                     header_factory=self._datagram_header if self.plan.header is HeaderKind.V2
@@ -108,6 +120,34 @@ class RunningDevice:
                 self.udp_relays.append(relay)
             else:
                 self._resume_accept(sock, spec)
+
+    async def stop_accepting(self) -> None:
+        """Close this device's hold on its listeners and accept nothing more; established
+        connections go on (``wait_idle`` tells when they are all gone). UDP sessions end here:
+        their replies leave through the listening socket, and a newer device reads it now."""
+        if self.retiring or self.stopped:
+            return
+        self.retiring = True
+        for sock, _spec in self.listeners:
+            self._pause_accept(sock)
+        relays, self.udp_relays = self.udp_relays, []
+        for relay in relays:
+            await relay.stop()
+        for sock, _spec in self.listeners:
+            sock.close()
+        self._check_idle()
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """After stop_accepting: wait until no connection is left (False if ``timeout`` hit)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _check_idle(self) -> None:
+        if self.retiring and not self.relays and not self.tasks:
+            self._idle.set()
 
     async def stop(self) -> None:
         if self.stopped:
@@ -130,7 +170,7 @@ class RunningDevice:
 
     # -- accepting ------------------------------------------------------------------------------
     def _resume_accept(self, sock: socket.socket, spec: ListenSpec) -> None:
-        if self.stopped or sock.fileno() in self._accepting:
+        if self.stopped or self.retiring or sock.fileno() in self._accepting:
             return
         self._accepting.add(sock.fileno())
         self.loop.add_reader(sock.fileno(), self._on_acceptable, sock, spec)
@@ -163,7 +203,7 @@ class RunningDevice:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self.loop.create_task(self._serve(conn, spec))
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._task_done)
 
     async def _serve(self, client: socket.socket | None, spec: ListenSpec) -> None:
         assert client is not None
@@ -208,10 +248,15 @@ class RunningDevice:
     def _relay_warning(self, message: str) -> None:
         self._warn.warning("%s", message)
 
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._check_idle()
+
     def _relay_closed(self, relay: StreamRelay, reason: str) -> None:
         if relay in self.relays:
             self.relays.discard(relay)
             self.budget.release_connection()
+        self._check_idle()
 
     # -- PROXY headers --------------------------------------------------------------------------
     def _stream_header(self, client: socket.socket) -> bytes | None:

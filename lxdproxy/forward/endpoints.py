@@ -44,7 +44,6 @@ class _HostSocketFile:
 
     path: str
     identity: tuple[int, int] | None  # (st_dev, st_ino) of the socket file the helper made
-    own_mount_ns: bool  # it lives in our own mount namespace: compared and removed from here
 
 
 def _inet_listener(spec: ListenSpec) -> socket.socket:
@@ -145,36 +144,21 @@ class Endpoints:
         finally:
             await helper.close()
         if self.device.bind is BindSide.HOST:
-            self._host_socket = _HostSocketFile(spec.host, identity, self.listen_ns.mnt is None)
+            self._host_socket = _HostSocketFile(spec.host, identity)
         sock.setblocking(False)
         return sock
 
-    async def remove_host_socket(self) -> None:
-        """Delete the daemon-side socket file we created (LXD does this for bind=host only).
-
-        Only if it is still our socket: a file someone put there since is left alone.
-        """
+    def take_host_socket(self) -> tuple[str, tuple[int, int] | None] | None:
+        """Hand over the daemon-side socket file (path, identity) to whoever will remove it
+        (a worker pool removes it when the device stops, long after these endpoints are gone)."""
         entry, self._host_socket = self._host_socket, None
-        if entry is None:
-            return
-        if entry.own_mount_ns:
-            try:
-                st = os.lstat(entry.path)
-            except FileNotFoundError:
-                return
-            if (st.st_dev, st.st_ino) == entry.identity:
-                os.unlink(entry.path)
-            return
-        try:
-            helper = await self._spawn(self.listen_ns)
-        except PlanError:
-            return
-        try:
-            await helper.unlink(entry.path, entry.identity)
-        except OSError:
-            pass
-        finally:
-            await helper.close()
+        return None if entry is None else (entry.path, entry.identity)
+
+    async def remove_host_socket(self) -> None:
+        """Delete the daemon-side socket file we created (LXD does this for bind=host only)."""
+        entry = self.take_host_socket()
+        if entry is not None:
+            await remove_socket_file(entry[0], entry[1], self.listen_ns)
 
     # -- connecting -----------------------------------------------------------------------------
     async def prepare_connector(self) -> None:
@@ -302,6 +286,34 @@ class Endpoints:
         if helper is not None:
             await helper.close()
         await self.remove_host_socket()
+
+
+async def remove_socket_file(path: str, identity: tuple[int, int] | None,
+                             listen_ns: Namespaces) -> None:
+    """Delete a unix socket file we bound, only if it is still ours (``identity``: its
+    (st_dev, st_ino) when bound): a file someone put there since is left alone. In our own
+    mount namespace it is compared here; in another, a helper inside ``listen_ns`` compares and
+    unlinks it (never resolved from here)."""
+    if identity is None:
+        return
+    if listen_ns.mnt is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == identity:
+            os.unlink(path)
+        return
+    try:
+        helper = await NamespaceHelper.spawn(listen_ns)
+    except OSError:
+        return
+    try:
+        await helper.unlink(path, identity)
+    except OSError:
+        pass
+    finally:
+        await helper.close()
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:

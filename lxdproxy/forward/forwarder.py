@@ -61,8 +61,15 @@ class Forwarder:
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
                     connect_ns: Namespaces, instance_name: str,
                     instance_pid: int | None = None) -> None:
-        """Start a device; raises DeviceStartError with LXD's text (nothing stays open then)."""
+        """Start a device; raises DeviceStartError with LXD's text (nothing stays open then).
+        A key that runs is updated (``update``); the same parameters again are a no-op."""
         params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+        if key in self._devices:
+            if self._devices[key].params == params:
+                return
+            await self.update(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
+                              instance_name=instance_name, instance_pid=instance_pid)
+            return
         async with self._lock(key):
             if key in self._devices:
                 raise DeviceStartError(f"Proxy device {key[1]!r} of {key[0]!r} is already running")
@@ -133,6 +140,10 @@ class Forwarder:
     def device_counters(self) -> dict[DeviceKey, dict[str, int]]:
         """Every running device's counters and gauges, as plain numbers (the stats message)."""
         return {key: d.counters_snapshot() for key, d in self._devices.items()}
+
+    async def source_counters(self) -> dict[str, dict[DeviceKey, dict[str, int]]]:
+        """The counters by source: this process is the only one."""
+        return {"main": self.device_counters()}
 
     def stats(self) -> ForwarderStats:
         devices = list(self._devices.values())

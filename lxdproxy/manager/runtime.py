@@ -26,18 +26,24 @@ Key = tuple[str, str]  # (instance name, device name)
 
 
 class DataPlane(Protocol):
-    """What forwards the bytes of non-NAT devices (the in-process Forwarder)."""
+    """What forwards the bytes of non-NAT devices: the worker pool (workers/), or the
+    in-process Forwarder (forward/, ``--workers 0``)."""
 
     async def start(self, key: Key, device: ProxyDevice, *, listen_ns: Namespaces,
                     connect_ns: Namespaces, instance_name: str) -> None:
-        """Raises DeviceStartError (forkproxy's words); nothing stays open then."""
+        """Start, or update in place a key that runs (a kept listener keeps its established
+        connections; the same parameters again change nothing). Raises DeviceStartError
+        (forkproxy's words): then nothing new stays open and a running key runs as before."""
 
     async def stop(self, key: Key) -> None: ...
 
     async def stop_all(self) -> None: ...
 
-    def device_counters(self) -> dict[Key, dict[str, int]]:
-        """key -> counter name -> value, plain numbers."""
+    def keys(self) -> list[Key]:
+        """Every key it runs (after a control-plane restart: what the workers kept)."""
+
+    async def source_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
+        """source (a process) -> key -> counter name -> value, plain numbers."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,17 @@ class DeviceRuntime:
     def running_devices(self) -> dict[Key, RunningDevice]:
         return dict(self._running)
 
-    def device_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
-        """Relay counters of the forwarded devices, by source (today one: this process)."""
-        return {"main": self.dataplane.device_counters()}
+    async def device_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
+        """Relay counters of the forwarded devices, by source (process)."""
+        return await self.dataplane.source_counters()
 
     async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
         """Start one device (replacing it if it runs); raises DeviceStartError with the reason
         only: the caller adds LXD's ``Failed to start device "<dev>": `` prefix."""
         key = (instance.name, device_name)
-        if key in self._running:
-            await self.stop(*key)
+        running = self._running.get(key)
+        if running is not None and (running.device.nat or device.nat):
+            await self.stop(*key)  # forwarded -> forwarded is updated in place by the data plane
         if device.nat:
             # Hairpin needs the NIC's bridge port; local instances may not name it.
             named = await with_host_names(instance, self._host_ns.net if self._host_ns else None)
@@ -107,6 +114,14 @@ class DeviceRuntime:
             log.exception("stopping device %s/%s failed", instance_name, device_name)
         else:
             log.info("stopped device %s/%s", instance_name, device_name)
+
+    async def stop_unclaimed(self) -> None:
+        """Stop what the data plane runs that nobody started (after a control-plane restart:
+        devices whose instance went away while no control plane watched)."""
+        for key in self.dataplane.keys():
+            if key not in self._running:
+                log.info("stopping device %s/%s: no longer wanted", *key)
+                await self.dataplane.stop(key)
 
     async def stop_instance(self, instance_name: str) -> None:
         for dev in sorted(self.running(instance_name)):

@@ -143,7 +143,8 @@ class DeviceManager:
             await persist()
         except BaseException:
             for dev in reversed(touched):
-                await self.runtime.stop(inst.name, dev)
+                if dev not in replaced:  # a replaced one is put back in place below
+                    await self.runtime.stop(inst.name, dev)
             for dev, rd in sorted(replaced.items()):
                 try:
                     await self.runtime.start(rd.instance, dev, rd.device)
@@ -242,6 +243,7 @@ class DeviceManager:
                     await self._realise(name)
                 except Exception as exc:
                     log.error("reconcile: instance %s: %s", name, exc)
+            await self.runtime.stop_unclaimed()
             return True
 
     async def reconcile_until_done(self, retry_s: float = 5.0) -> None:

@@ -60,3 +60,7 @@ class Namespaces:
         if not os.path.exists(path):
             raise FileNotFoundError(f"Network namespace {name_or_path!r} not found")
         return cls(net=path)
+
+    def is_current_net(self) -> bool:
+        """Whether ``net`` is this process's own network namespace."""
+        return ns_identity(self.net) == ns_identity(own_ns_path("net"))

@@ -32,9 +32,11 @@ async def make_api(tmp_path: Path, aiohttp_client: Any):
     made: list[Components] = []
 
     async def make(host_ns: Any = None, poll_interval: float = 0.05) -> Any:
+        # The in-process data plane: these tests are about the API and the manager.
         config = DaemonConfig(state_dir=tmp_path, host_netns=host_ns.net if host_ns else None,
-                              nft_table="lxdproxytest", local_poll_interval=poll_interval)
-        components = build_components(config, Store(tmp_path / f"db{len(made)}"))
+                              nft_table="lxdproxytest", local_poll_interval=poll_interval,
+                              workers=0)
+        components = await build_components(config, Store(tmp_path / f"db{len(made)}"))
         made.append(components)
         return await aiohttp_client(build_app(components))
 

@@ -4,7 +4,6 @@ traffic through a device added by `lxdproxy config device add`: the README flow.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
-from lab.daemon import lxdproxy_argv, start_daemon
+from lab.daemon import lxdproxy_argv, shutdown_daemon, start_daemon
 from lab.traffic import roundtrip
 
 pytestmark = pytest.mark.lab
@@ -24,11 +23,7 @@ def daemon(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     try:
         yield sock
     finally:
-        proc.send_signal(signal.SIGTERM)  # let it remove its devices before the lab goes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shutdown_daemon(proc, Path(sock))  # devices and workers gone before the lab goes
 
 
 def test_readme_flow_register_instance_and_forward_a_port(lab, daemon, lx):

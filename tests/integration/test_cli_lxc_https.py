@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 
 import pytest
 
-from lab.daemon import start_daemon
+from lab.daemon import shutdown_daemon, start_daemon
 from lxdproxy.api.tls import TrustStore, generate_self_signed
 from lxdproxy.cli import main
 
@@ -63,8 +62,4 @@ def test_lxc_over_https_with_trust_store(lab, tmp_path, capsys):
         info = lxc("info", "shim:")
         assert "auth: untrusted" in info.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shutdown_daemon(proc, sock)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from lab.daemon import start_daemon
+from lab.daemon import shutdown_daemon, start_daemon
 from lab.traffic import roundtrip
 from lxdproxy.cli import main
 
@@ -168,5 +168,4 @@ def test_daemon_on_lxd_backend(lab, tmp_path, serve_fake, lx, monkeypatch):
         with pytest.raises(ConnectionRefusedError):
             roundtrip(client, lab.host.ipv4, 8080, b"gone")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        shutdown_daemon(proc, Path(sock))

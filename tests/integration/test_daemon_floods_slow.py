@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pylxd import Client
 
-from lab.daemon import LXDPROXY, NFT_TABLE, start_in_lab_host
+from lab.daemon import LXDPROXY, NFT_TABLE, shutdown_daemon, start_in_lab_host, worker_pids
 from lab.traffic import roundtrip
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -37,7 +37,7 @@ def start(lab: Any, tmp_path: Path, nofile: int) -> tuple[Any, Client, Any]:
     state = tmp_path / "state"
     state.mkdir()
     argv = ["prlimit", f"--nofile={nofile}:{nofile}", str(LXDPROXY), "serve", "--state-dir",
-            str(state), "--nft-table", NFT_TABLE]
+            str(state), "--nft-table", NFT_TABLE, "--workers", "1"]
     proc = start_in_lab_host(lab, argv, tmp_path / "daemon.log")
     client = Client(endpoint=str(state / "unix.socket"))
     inst = lab.add_instance()
@@ -58,7 +58,14 @@ def start(lab: Any, tmp_path: Path, nofile: int) -> tuple[Any, Client, Any]:
 
 
 def fds(proc: Any) -> int:
-    return len(os.listdir(f"/proc/{proc.pid}/fd"))
+    """Open fds of the daemon and its one worker (which holds the connections)."""
+    state = Path(proc.args[proc.args.index("--state-dir") + 1])
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in [proc.pid, *worker_pids(state)])
+
+
+def logs(tmp_path: Path) -> str:
+    return (tmp_path / "daemon.log").read_text() + "".join(
+        p.read_text() for p in sorted((tmp_path / "state" / "workers").glob("*.log")))
 
 
 def healthy(lab: Any, client: Client) -> float:
@@ -113,9 +120,8 @@ def test_10000_connections_held_and_released(lab: Any, tmp_path: Path) -> None:
         assert refused >= 10_000 - expect - 20
         assert fds(proc) <= baseline + 2
     finally:
-        proc.terminate()
-        proc.wait(30)
-    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+        shutdown_daemon(proc, tmp_path / "state" / "unix.socket", timeout=30)
+    assert "Traceback" not in logs(tmp_path)
 
 
 def test_25000_udp_sources_over_5_ports(lab: Any, tmp_path: Path) -> None:
@@ -148,8 +154,7 @@ def test_25000_udp_sources_over_5_ports(lab: Any, tmp_path: Path) -> None:
             time.sleep(0.1)
         assert fds(proc) <= baseline + 2
     finally:
-        proc.terminate()
-        proc.wait(30)
-    log = (tmp_path / "daemon.log").read_text()
+        shutdown_daemon(proc, tmp_path / "state" / "unix.socket", timeout=30)
+    log = logs(tmp_path)
     assert "Traceback" not in log
     assert "least recently active UDP session evicted" in log

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lab.daemon import LXDPROXY, NFT_TABLE
+from lab.daemon import LXDPROXY, NFT_TABLE, shutdown_daemon
 from lab.traffic import roundtrip
 from lxdproxy.api.tls import TrustStore, generate_self_signed
 
@@ -79,5 +79,4 @@ def test_https_trust_and_lxc_remote(lab: Any, tmp_path: Path) -> None:
         assert roundtrip(lab.host, HOST, 7400) == b"ping"
         assert "listen: tcp:198.18.0.1:7400" in lxc("config", "device", "show", "shim:c1")
     finally:
-        proc.terminate()
-        assert proc.wait(20) == 0
+        assert shutdown_daemon(proc, state / "unix.socket") == 0
