@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from lxdproxy.config.model import ProxyDevice
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 
 Address = tuple[Any, ...] | str | bytes
 
@@ -66,7 +66,7 @@ async def started(fwd: Forwarder, name: str, device: ProxyDevice, *, host: Any, 
     else:
         listen_ns, connect_ns = inst_ns, host_ns
     await fwd.start(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
-                    instance_name=instance_name, instance_pid=getattr(inst, "pid", None))
+                    instance_name=instance_name)
     return key
 
 

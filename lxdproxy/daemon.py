@@ -34,6 +34,7 @@ from lxdproxy.api.server import ApiLimits, ApiServer
 from lxdproxy.errors import LxdError, NotSupportedError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.forwarder import Forwarder
+from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import LocalBackend
 from lxdproxy.instances.lxd import LxdBackend
@@ -72,8 +73,8 @@ class DaemonConfig:
     lxd_poll_interval: float = 2.0  # LXD backend: instance list poll
     nat_repair_interval: float = 10.0  # seconds between checks that our NAT rules still exist
     device_retry_interval: float = 5.0  # retrying stored devices that failed to start
-    connect_timeout: float = 10.0  # dialing a proxy target
-    udp_idle_timeout: float = 1800.0  # LXD's 30 minutes
+    connect_timeout: float = CONNECT_TIMEOUT  # dialing a proxy target
+    udp_idle_timeout: float = UDP_IDLE_TIMEOUT  # LXD's 30 minutes
     traffic_limits: TrafficLimits = TrafficLimits()  # fd reserve, connection and session caps
     api_limits: ApiLimits = ApiLimits()  # header/body/handshake timeouts, connection caps
     workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process

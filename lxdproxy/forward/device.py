@@ -40,10 +40,9 @@ class DeviceParams:
     listen_ns: Namespaces
     connect_ns: Namespaces
     instance_name: str
-    instance_pid: int | None = None
 
 
-class RunningDevice:
+class ForwardedDevice:
     def __init__(self, params: DeviceParams, plan: DevicePlan, *, label: str,
                  connect_timeout: float, udp_idle_timeout: float,
                  counters: DeviceCounters | None = None,

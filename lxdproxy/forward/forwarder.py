@@ -14,7 +14,8 @@ from lxdproxy.config.model import ProxyDevice
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.budget import TrafficBudget
 from lxdproxy.forward.counters import DeviceCounters
-from lxdproxy.forward.device import DeviceParams, RunningDevice
+from lxdproxy.forward.device import DeviceParams, ForwardedDevice
+from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import PlanError, plan_device
 from lxdproxy.netns import Namespaces
 from lxdproxy.netns.protected_paths import ProtectedPaths
@@ -41,16 +42,15 @@ class Forwarder:
     Calls for one key are serialised (a lock per key), so an update never races a stop.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *,
-                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0,
+    def __init__(self, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
                  protected_paths: ProtectedPaths | None = None,
                  budget: TrafficBudget | None = None) -> None:
-        # ``loop`` is accepted for the architecture contract; the running loop is used.
         self.protected_paths = protected_paths  # the daemon's own: no device may listen there
         self.budget = budget or TrafficBudget()  # fds for traffic, shared by every device
         self.connect_timeout = connect_timeout
         self.udp_idle_timeout = udp_idle_timeout
-        self._devices: dict[DeviceKey, RunningDevice] = {}
+        self._devices: dict[DeviceKey, ForwardedDevice] = {}
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
         # A device's counters outlive its stop: a config change is stop + start (here or in
         # the manager), and its counters must carry on, not restart from zero. Stopped ones
@@ -59,16 +59,13 @@ class Forwarder:
 
     # -- public API -----------------------------------------------------------------------------
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
-                    connect_ns: Namespaces, instance_name: str,
-                    instance_pid: int | None = None) -> None:
+                    connect_ns: Namespaces, instance_name: str) -> None:
         """Start a device; raises DeviceStartError with LXD's text (nothing stays open then).
-        A key that runs is updated (``update``); the same parameters again are a no-op."""
-        params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+        A key that runs is updated; the same parameters again are a no-op."""
+        params = DeviceParams(device, listen_ns, connect_ns, instance_name)
         if key in self._devices:
-            if self._devices[key].params == params:
-                return
-            await self.update(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
-                              instance_name=instance_name, instance_pid=instance_pid)
+            if self._devices[key].params != params:
+                await self._update(key, params)
             return
         async with self._lock(key):
             if key in self._devices:
@@ -80,13 +77,10 @@ class Forwarder:
         async with self._lock(key):
             await self._stop(key)
 
-    async def update(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
-                     connect_ns: Namespaces, instance_name: str,
-                     instance_pid: int | None = None) -> None:
-        """Any change is stop + start (LXD has no live-updatable proxy keys). If the new config
-        cannot start, the old device is started again and the error raised (LXD leaves the
-        device down until the next restart, spec §6/§9.12)."""
-        params = DeviceParams(device, listen_ns, connect_ns, instance_name, instance_pid)
+    async def _update(self, key: DeviceKey, params: DeviceParams) -> None:
+        """In this process any change is stop + start. If the new config cannot start, the old
+        device is started again and the error raised (LXD leaves the device down until the next
+        restart, spec §6/§9.12). The worker pool keeps established connections instead."""
         async with self._lock(key):
             old = self._devices.get(key)
             await self._stop(key)
@@ -100,18 +94,6 @@ class Forwarder:
                         log.error("%s: could not restore the previous config: %s",
                                   _label(key), restore_error)
                 raise
-
-    async def restart_for_new_namespaces(self, key: DeviceKey, *, listen_ns: Namespaces,
-                                         connect_ns: Namespaces,
-                                         instance_pid: int | None = None) -> None:
-        """The instance restarted (new init PID): re-create the device against its new
-        namespaces, with the same config. Raises KeyError if the device is not running."""
-        async with self._lock(key):
-            old = self._devices[key]
-            await self._stop(key)
-            params = DeviceParams(old.params.device, listen_ns, connect_ns,
-                                  old.params.instance_name, instance_pid)
-            await self._start(key, params)
 
     async def stop_all(self) -> None:
         for key in list(self._devices):
@@ -172,7 +154,7 @@ class Forwarder:
         stopped = [k for k in self._counters if k not in self._devices and k != key]
         for parked in stopped[:max(0, len(stopped) - PARKED_COUNTERS)]:
             del self._counters[parked]
-        running = RunningDevice(params, plan, label=_label(key),
+        running = ForwardedDevice(params, plan, label=_label(key),
                                 connect_timeout=self.connect_timeout,
                                 udp_idle_timeout=self.udp_idle_timeout, counters=counters,
                                 protected=self.protected_paths,

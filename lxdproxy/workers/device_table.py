@@ -21,7 +21,7 @@ from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, DeviceStartError
 from lxdproxy.forward.budget import TrafficBudget
 from lxdproxy.forward.counters import DeviceCounters
-from lxdproxy.forward.device import DeviceParams, RunningDevice
+from lxdproxy.forward.device import DeviceParams, ForwardedDevice
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
 from lxdproxy.forward.plan import PlanError, RelayKind, plan_device
 from lxdproxy.netns import Namespaces
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Entry:
     spec: DeviceSpec
-    device: RunningDevice
+    device: ForwardedDevice
     udp_owner: bool
 
 
@@ -45,7 +45,7 @@ class DeviceTable:
         self.budget = budget  # this worker's fds for traffic, shared by its devices
         self._entries: dict[DeviceKey, _Entry] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._retired: list[RunningDevice] = []  # still finishing connections
+        self._retired: list[ForwardedDevice] = []  # still finishing connections
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
         self.accepting = True
 
@@ -114,7 +114,7 @@ class DeviceTable:
             _close_all(socks)
 
     async def _build(self, spec: DeviceSpec, socks: list[socket.socket], udp_owner: bool,
-                     counters: DeviceCounters | None) -> RunningDevice:
+                     counters: DeviceCounters | None) -> ForwardedDevice:
         try:
             device = validate_proxy_device(spec.config, InstanceType(spec.instance_type))
             plan = plan_device(device)
@@ -127,10 +127,9 @@ class DeviceTable:
                                    f"sockets needed, {len(socks)} received")
         listen_ns = spec.listen_ns or Namespaces.current()
         connect_ns = spec.connect_ns or Namespaces.current()
-        params = DeviceParams(device, listen_ns, connect_ns, spec.instance_name,
-                              listen_ns.pid or connect_ns.pid)
+        params = DeviceParams(device, listen_ns, connect_ns, spec.instance_name)
         label = f"proxy {spec.key[0]}/{spec.key[1]}"
-        running = RunningDevice(params, plan, label=label, connect_timeout=self.connect_timeout,
+        running = ForwardedDevice(params, plan, label=label, connect_timeout=self.connect_timeout,
                                 udp_idle_timeout=self.udp_idle_timeout, counters=counters,
                                 budget=self.budget.device(label))
         try:
@@ -151,13 +150,13 @@ class DeviceTable:
             await entry.device.stop()
             return True
 
-    def _retire(self, device: RunningDevice, timeout: float | None = None) -> None:
+    def _retire(self, device: ForwardedDevice, timeout: float | None = None) -> None:
         self._retired.append(device)
         task = asyncio.get_running_loop().create_task(self._finish(device, timeout))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _finish(self, device: RunningDevice, timeout: float | None) -> None:
+    async def _finish(self, device: ForwardedDevice, timeout: float | None) -> None:
         try:
             await device.stop_accepting()
             if not await device.wait_idle(timeout):

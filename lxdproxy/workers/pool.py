@@ -28,6 +28,7 @@ from lxdproxy.config.model import InstanceType, ProxyDevice
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.endpoints import Endpoints, remove_socket_file
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
+from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, plan_device
 from lxdproxy.netns import Namespaces, ns_identity
 from lxdproxy.netns.protected_paths import ProtectedPaths
@@ -83,7 +84,8 @@ class WorkerPool:
 
     def __init__(self, state_dir: Path, *, workers: int | None = None,
                  drain_timeout: float | None = None, log_level: str = "INFO",
-                 connect_timeout: float = 10.0, udp_idle_timeout: float = 1800.0,
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
                  protected_paths: ProtectedPaths | None = None) -> None:
         self.directory = Path(state_dir) / "workers"
         self.size = workers if workers is not None else (os.cpu_count() or 1)
@@ -181,8 +183,7 @@ class WorkerPool:
 
     # -- the Forwarder surface ----------------------------------------------------------------
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
-                    connect_ns: Namespaces, instance_name: str,
-                    instance_pid: int | None = None) -> None:
+                    connect_ns: Namespaces, instance_name: str) -> None:
         """Start ``key``, or update it in place. The same spec again is a no-op. A change that
         keeps the listeners keeps them (and every established connection); new listeners open
         before old ones close. Raises DeviceStartError with LXD's text and changes nothing."""

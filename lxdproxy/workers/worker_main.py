@@ -23,6 +23,7 @@ import uvloop
 
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
+from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.workers.channel import Channel, ChannelClosed
 from lxdproxy.workers.device_table import DeviceTable
 from lxdproxy.workers.protocol import (
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generation", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--connect-timeout", type=float, default=10.0)
-    parser.add_argument("--udp-idle-timeout", type=float, default=1800.0)
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT)
+    parser.add_argument("--udp-idle-timeout", type=float, default=UDP_IDLE_TIMEOUT)
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level, logging.INFO),
                         format=f"lxdproxy-worker[{os.getpid()}]: %(levelname)s %(name)s: "

@@ -19,7 +19,7 @@ import pytest
 from lab.datagrams import UdpRecorder, open_fds, run
 from lab.devices import proxy
 from lab.forwarding import roundtrip, started
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 
 pytestmark = pytest.mark.lab
 
@@ -49,11 +49,11 @@ def test_checklist_g_unix_to_udp_restart_and_connect_change(lab, tmp_path: Path)
             assert await roundtrip(None, host_sock, b"G1", expect=2) == b"G1"
             await asyncio.to_thread(inst.restart)
             lab.echo(inst, "udp", "127.0.0.1", 4321)
-            await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                                 connect_ns=inst.namespaces)
+            await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
             assert await roundtrip(None, host_sock, b"G2", expect=2) == b"G2"
             lab.echo(inst, "udp", "127.0.0.1", 1337, tag=True)
-            await fwd.update(key, proxy(listen=f"unix:{host_sock}", connect="udp:127.0.0.1:1337"),
+            await fwd.start(key, proxy(listen=f"unix:{host_sock}", connect="udp:127.0.0.1:1337"),
                              listen_ns=lab.host.namespaces, connect_ns=inst.namespaces,
                              instance_name="c1")
             assert await roundtrip(None, host_sock, b"G3", expect=7) == b"1337:G3"

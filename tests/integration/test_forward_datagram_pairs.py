@@ -15,7 +15,7 @@ import pytest
 from lab import Lab
 from lab.devices import proxy
 from lab.forwarding import roundtrip, started
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.proxy_protocol.codec import Transport, parse_header
 
 pytestmark = pytest.mark.lab
@@ -50,13 +50,13 @@ async def test_checklist_f_udp_to_udp(lab: Lab, fwd: Forwarder) -> None:
     assert await udp_roundtrip(lab.host, ("127.0.0.1", 1234), b"F1") == b"F1"
     await asyncio.to_thread(inst.restart)
     lab.echo(inst, "udp", "127.0.0.1", 4321)
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces)
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
     assert await udp_roundtrip(lab.host, ("127.0.0.1", 1234), b"F2") == b"F2"
     lab.echo(inst, "udp", "127.0.0.1", 1337, tag=True)
-    await fwd.update(key, proxy(listen="udp:127.0.0.1:1234", connect="udp:127.0.0.1:1337"),
-                     listen_ns=lab.host.namespaces, connect_ns=inst.namespaces,
-                     instance_name="c1")
+    await fwd.start(key, proxy(listen="udp:127.0.0.1:1234", connect="udp:127.0.0.1:1337"),
+                    listen_ns=lab.host.namespaces, connect_ns=inst.namespaces,
+                    instance_name="c1")
     assert await udp_roundtrip(lab.host, ("127.0.0.1", 1234), b"F3") == b"1337:F3"
 
 
@@ -79,9 +79,9 @@ async def test_checklist_h_tcp_to_udp_reply_after_half_close(lab: Lab, fwd: Forw
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"H1", expect=2) == b"H1"
     await asyncio.to_thread(inst.restart)
     lab.echo(inst, "udp", "127.0.0.1", 1337, tag=True)
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces)
-    await fwd.update(key, proxy(listen="tcp:127.0.0.1:1234", connect="udp:127.0.0.1:1337"),
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
+    await fwd.start(key, proxy(listen="tcp:127.0.0.1:1234", connect="udp:127.0.0.1:1337"),
                      listen_ns=lab.host.namespaces, connect_ns=inst.namespaces,
                      instance_name="c1")
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"H3", expect=7) == b"1337:H3"

@@ -16,7 +16,7 @@ from lab import Lab
 from lab.devices import proxy
 from lab.forwarding import fd_count, roundtrip, started
 from lxdproxy.errors import DeviceStartError
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.netns import netns_executor
 
 pytestmark = pytest.mark.lab
@@ -105,20 +105,20 @@ async def test_update_changes_connect_and_failed_update_restores_the_old_device(
     key = await started(fwd, "p", proxy(**B1), host=lab.host, inst=inst)
     ns = {"listen_ns": lab.host.namespaces, "connect_ns": inst.namespaces, "instance_name": "c1"}
     # checklist B3: device set connect -> the live device follows.
-    await fwd.update(key, proxy(listen="tcp:127.0.0.1:1234", connect="tcp:127.0.0.1:1337"), **ns)
+    await fwd.start(key, proxy(listen="tcp:127.0.0.1:1234", connect="tcp:127.0.0.1:1337"), **ns)
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"x") == b"1337:x"
     # A new config that cannot start: the error comes back and the old device is up again
     # (LXD leaves it down, spec §6).
     blocker = lab.host.socket()
     blocker.bind(("127.0.0.1", 1240))
     with pytest.raises(DeviceStartError, match="Failed listening on 127.0.0.1:1240"):
-        await fwd.update(key, proxy(listen="tcp:127.0.0.1:1240", connect="tcp:127.0.0.1:4321"),
-                         **ns)
+        await fwd.start(key, proxy(listen="tcp:127.0.0.1:1240", connect="tcp:127.0.0.1:4321"),
+                        **ns)
     blocker.close()
     assert fwd.active(key)
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"x") == b"1337:x"
     # The same listen port in the new config works (old one stopped first, as in LXD).
-    await fwd.update(key, proxy(listen="tcp:127.0.0.1:1234", connect="tcp:127.0.0.1:4321"), **ns)
+    await fwd.start(key, proxy(listen="tcp:127.0.0.1:1234", connect="tcp:127.0.0.1:4321"), **ns)
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"x") == b"4321:x"
 
 
@@ -134,8 +134,9 @@ async def test_instance_restart_recreates_the_device_against_the_new_pid(
     await asyncio.to_thread(inst.restart)
     assert inst.pid != old_pid
     lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces, instance_pid=inst.pid)
+    # The manager starts the same device against the new namespaces: an update.
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"after") == b"after"
 
 

@@ -12,7 +12,7 @@ import pytest
 from lab import Lab
 from lab.devices import proxy
 from lab.forwarding import fd_count, roundtrip, started
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.netns import netns_executor
 
 pytestmark = pytest.mark.lab

@@ -14,7 +14,7 @@ import pytest
 from lab import Lab
 from lab.devices import proxy
 from lab.forwarding import started
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.proxy_protocol.codec import Transport, parse_header
 
 pytestmark = pytest.mark.lab

@@ -10,7 +10,7 @@ import pytest
 from lab import Lab
 from lab.devices import proxy
 from lab.forwarding import roundtrip, started
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 
 pytestmark = pytest.mark.lab
 

@@ -19,7 +19,7 @@ from lab import Lab, _wait_ready
 from lab.devices import proxy
 from lab.forwarding import fd_count, roundtrip, started
 from lxdproxy.errors import DeviceStartError
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 
 pytestmark = pytest.mark.lab
 
@@ -65,13 +65,13 @@ async def test_checklist_c_unix_to_unix(lab: Lab, fwd: Forwarder, tmp_path: Path
     os.unlink(host_sock)
     await asyncio.to_thread(inst.restart)
     lab.echo(inst, "unix", "/tmp/c.sock", peercred=True, mode="777")
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces)
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
     assert await roundtrip(None, host_sock, b"C2") == b"uid=1234 gid=1234\nC2"
     # C3: rm host socket; server on c-2.sock; device set connect.
     os.unlink(host_sock)
     lab.echo(inst, "unix", "/tmp/c-2.sock", mode="777", tag=True)
-    await fwd.update(key, proxy(**cfg, connect="unix:/tmp/c-2.sock"), **_ns(lab, inst))
+    await fwd.start(key, proxy(**cfg, connect="unix:/tmp/c-2.sock"), **_ns(lab, inst))
     assert await roundtrip(None, host_sock, b"C3") == b"unix:C3"
     # C4: device remove -> the host socket is gone.
     await fwd.stop(key)
@@ -86,11 +86,11 @@ async def test_checklist_d_tcp_to_unix(lab: Lab, fwd: Forwarder) -> None:
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"D1") == b"D1"
     await asyncio.to_thread(inst.restart)
     lab.echo(inst, "unix", "/tmp/d.sock")
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces)
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"D2") == b"D2"
     lab.echo(inst, "unix", "/tmp/d-2.sock", tag=True)
-    await fwd.update(key, proxy(listen="tcp:127.0.0.1:1234", connect="unix:/tmp/d-2.sock"),
+    await fwd.start(key, proxy(listen="tcp:127.0.0.1:1234", connect="unix:/tmp/d-2.sock"),
                      **_ns(lab, inst))
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"D3") == b"unix:D3"
 
@@ -105,12 +105,12 @@ async def test_checklist_e_unix_to_tcp(lab: Lab, fwd: Forwarder, tmp_path: Path)
     os.unlink(host_sock)
     await asyncio.to_thread(inst.restart)
     lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    await fwd.restart_for_new_namespaces(key, listen_ns=lab.host.namespaces,
-                                         connect_ns=inst.namespaces)
+    await fwd.start(key, fwd.device(key), listen_ns=lab.host.namespaces,
+                    connect_ns=inst.namespaces, instance_name="c1")
     assert await roundtrip(None, host_sock, b"E2") == b"E2"
     os.unlink(host_sock)
     lab.echo(inst, "tcp", "127.0.0.1", 1337, tag=True)
-    await fwd.update(key, proxy(listen=f"unix:{host_sock}", connect="tcp:127.0.0.1:1337",
+    await fwd.start(key, proxy(listen=f"unix:{host_sock}", connect="tcp:127.0.0.1:1337",
                                 bind="host"), **_ns(lab, inst))
     assert await roundtrip(None, host_sock, b"E3") == b"1337:E3"
 

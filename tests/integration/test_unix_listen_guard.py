@@ -18,7 +18,7 @@ from lab import Lab
 from lab.traffic import unix_roundtrip
 from lxdproxy.config import validate_proxy_device
 from lxdproxy.errors import DeviceStartError
-from lxdproxy.forward import Forwarder
+from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.netns.protected_paths import ProtectedPaths
 
 pytestmark = pytest.mark.lab
@@ -46,7 +46,7 @@ async def start(fwd: Forwarder, lab: Lab, inst: Any, name: str, **config: str) -
     host, other = lab.host.namespaces, inst.namespaces
     listen_ns, connect_ns = (host, other) if device.bind.value == "host" else (other, host)
     await fwd.start(("c1", name), device, listen_ns=listen_ns, connect_ns=connect_ns,
-                    instance_name="c1", instance_pid=inst.pid)
+                    instance_name="c1")
 
 
 def live_echo(path: Path) -> tuple[socket.socket, asyncio.Task[None]]:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from lxdproxy.forward.udp.sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
+from lxdproxy.forward.udp.sessions import DEFAULT_IDLE_TIMEOUT, SessionLookup, UdpSessionTable
+
+
+def get_or_create(table, listener_id, client, factory):
+    """What the UDP listener does per datagram: the client's session, touched, or a new one."""
+    session = table.get(listener_id, client)
+    if session is not None:
+        table.touch(session)
+        return SessionLookup(session, False, ())
+    return table.add(listener_id, client, factory())
 
 
 class FakeClock:
@@ -33,11 +42,11 @@ def test_get_or_create_then_reuse(clock) -> None:
         made.append("sock")
         return f"sock{len(made)}"
 
-    session, created, evicted = table.get_or_create("l1", ("198.18.0.2", 5000), factory)
+    session, created, evicted = get_or_create(table, "l1", ("198.18.0.2", 5000), factory)
     assert created and evicted == () and session.value == "sock1"
     assert session.listener_id == "l1" and session.client == ("198.18.0.2", 5000)
     clock.now += 5
-    again = table.get_or_create("l1", ("198.18.0.2", 5000), factory)
+    again = get_or_create(table, "l1", ("198.18.0.2", 5000), factory)
     assert again.session is session and not again.created
     assert session.last_seen == 1005.0 and session.created == 1000.0
     assert made == ["sock"]  # the factory ran once
@@ -48,8 +57,8 @@ def test_key_includes_the_listener(clock) -> None:
     # LXD keys by client address only, so one client talking to two listen ports of a device
     # shares the first port's upstream (spec §4.4 bug). We keep them apart.
     table: UdpSessionTable[str] = UdpSessionTable(clock)
-    a = table.get_or_create("port-53", ("198.18.0.2", 5000), lambda: "a").session
-    b = table.get_or_create("port-54", ("198.18.0.2", 5000), lambda: "b").session
+    a = get_or_create(table, "port-53", ("198.18.0.2", 5000), lambda: "a").session
+    b = get_or_create(table, "port-54", ("198.18.0.2", 5000), lambda: "b").session
     assert a is not b and len(table) == 2
 
 
@@ -83,17 +92,17 @@ def test_expire_returns_oldest_first(clock) -> None:
 
 def test_lru_eviction_when_full(clock) -> None:
     table: UdpSessionTable[str] = UdpSessionTable(clock, max_sessions=2)
-    a = table.get_or_create("l", "a", lambda: "A").session
-    b = table.get_or_create("l", "b", lambda: "B").session
+    a = get_or_create(table, "l", "a", lambda: "A").session
+    b = get_or_create(table, "l", "b", lambda: "B").session
     clock.now += 1
     table.touch(a)  # b is now least recently used
-    c, created, evicted = table.get_or_create("l", "c", lambda: "C")
+    c, created, evicted = get_or_create(table, "l", "c", lambda: "C")
     assert created and evicted == (b,)
     assert [s.value for s in table] == ["A", "C"]
     # Re-use does not evict.
-    assert table.get_or_create("l", "a", lambda: "X").evicted == ()
+    assert get_or_create(table, "l", "a", lambda: "X").evicted == ()
     assert [s.value for s in table] == ["C", "A"]
-    assert table.get_or_create("l", "d", lambda: "D").evicted == (c,)
+    assert get_or_create(table, "l", "d", lambda: "D").evicted == (c,)
 
 
 def test_factory_failure_leaves_the_table_alone(clock) -> None:
@@ -104,7 +113,7 @@ def test_factory_failure_leaves_the_table_alone(clock) -> None:
         raise OSError("connect failed")
 
     with pytest.raises(OSError):
-        table.get_or_create("l", "b", fails)
+        get_or_create(table, "l", "b", fails)
     assert list(table) == [kept]
 
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from lxdproxy.forward.budget import DeviceBudget
 from lxdproxy.forward.counters import DeviceCounters
+from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 from lxdproxy.forward.udp.pktinfo import (
     ANCBUF_SIZE,
@@ -82,7 +83,7 @@ class UdpListenerRelay:
         open_target: OpenTarget,
         *,
         header_factory: HeaderFactory | None = None,
-        idle_timeout: float = 1800.0,
+        idle_timeout: float = UDP_IDLE_TIMEOUT,
         max_sessions: int = 4096,
         counters: DeviceCounters | None = None,
         budget: DeviceBudget | None = None,

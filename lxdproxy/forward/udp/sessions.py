@@ -18,7 +18,9 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-DEFAULT_IDLE_TIMEOUT = 1800.0  # LXD: each datagram (either way) resets a 30-minute timer
+from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
+
+DEFAULT_IDLE_TIMEOUT = UDP_IDLE_TIMEOUT
 DEFAULT_MAX_SESSIONS = 4096
 
 V = TypeVar("V")
@@ -108,15 +110,6 @@ class UdpSessionTable(Generic[V]):
         session = UdpSession(key=key, value=value, created=now, last_seen=now)
         self._sessions[key] = session
         return SessionLookup(session, True, tuple(evicted))
-
-    def get_or_create(self, listener_id: Hashable, client: Hashable, factory: Callable[[], V]) -> SessionLookup[V]:
-        """The client's session, touched; or a new one holding ``factory()`` (called only then,
-        and if it raises nothing is inserted or evicted)."""
-        session = self.get(listener_id, client)
-        if session is not None:
-            self.touch(session)
-            return SessionLookup(session, False, ())
-        return self.add(listener_id, client, factory())
 
     def remove(self, session: UdpSession[V]) -> bool:
         """Drop a session (its relay failed). False if it was already gone."""

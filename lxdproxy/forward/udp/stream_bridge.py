@@ -19,6 +19,7 @@ import socket
 from collections import deque
 
 from lxdproxy.forward.counters import DeviceCounters
+from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
 
 log = logging.getLogger("lxdproxy.forward.udp.listener")
@@ -42,7 +43,7 @@ async def relay_stream_to_datagram(
     dgram_sock: socket.socket,
     *,
     header: bytes | None = None,
-    idle_timeout: float = 1800.0,
+    idle_timeout: float = UDP_IDLE_TIMEOUT,
     counters: DeviceCounters | None = None,
 ) -> None:
     """tcp->udp or unix->udp for one accepted connection; closes both sockets at the end.
