@@ -32,6 +32,7 @@ from lxdproxy.manager.writes import (
     stored_proxies,
     validate_devices,
 )
+from lxdproxy.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,10 @@ class DeviceManager:
         self.backend = backend
         self.runtime = runtime
         self.problems = problems
-        self.retry_interval = retry_interval
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed: dict[tuple[str, str], str] = {}  # (instance, device) -> why, for retries
-        self._retry: asyncio.Task[None] | None = None
+        self._retry = Periodic(retry_interval, self._retry_failed)
         backend.watch(self._instance_changed)
 
     # -- reads --------------------------------------------------------------------------------
@@ -301,18 +301,15 @@ class DeviceManager:
                 self.problems.resolve_device(project, inst_name, dev)
 
     def start_retrying(self) -> None:
-        if self._retry is None:
-            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
+        self._retry.start()
 
-    async def _retry_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.retry_interval)
-            for name in sorted({inst for inst, _dev in self._failed}):
-                async with self._lock:
-                    try:
-                        await self._realise(name)
-                    except Exception as exc:
-                        log.error("retrying the devices of %s: %s", name, exc)
+    async def _retry_failed(self) -> None:
+        for name in sorted({inst for inst, _dev in self._failed}):
+            async with self._lock:
+                try:
+                    await self._realise(name)
+                except Exception as exc:
+                    log.error("retrying the devices of %s: %s", name, exc)
 
     async def _instance_changed(self, name: str) -> None:
         # The backend reports from its own tasks; never make it wait for a write in progress.
@@ -325,7 +322,7 @@ class DeviceManager:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *([self._retry] if self._retry else [])]
-        for task in tasks:
+        await self._retry.stop()
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

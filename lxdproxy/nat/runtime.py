@@ -9,7 +9,6 @@ own), which hands it to the netns executor's thread when the namespace is not th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from lxdproxy.config.model import ProxyDevice
@@ -19,6 +18,7 @@ from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.hairpin import setup_hairpin
 from lxdproxy.nat.rules import DEFAULT_TABLE, NatRuleSet, build_nat_ruleset, device_label
 from lxdproxy.netns import netns_executor
+from lxdproxy.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,8 @@ class NatRuntime:
                  repair_interval: float = 10.0) -> None:
         self.net_path = net_path
         self.table = table
-        self.repair_interval = repair_interval
         self._applier: NatApplier | None = None
-        self._repair: asyncio.Task[None] | None = None
+        self._repair = Periodic(repair_interval, self.repair_once)
 
     @property
     def applier(self) -> NatApplier:
@@ -80,17 +79,7 @@ class NatRuntime:
 
     def start_repair(self) -> None:
         """Repair every ``repair_interval`` seconds until ``close``."""
-        if self._repair is None:
-            self._repair = asyncio.get_running_loop().create_task(self._repair_loop())
-
-    async def _repair_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.repair_interval)
-            await self.repair_once()
+        self._repair.start()
 
     async def close(self) -> None:
-        if self._repair is not None:
-            self._repair.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._repair
-            self._repair = None
+        await self._repair.stop()

@@ -2,7 +2,7 @@
 
 The pool opens each listener once, in the right namespace (``forward.endpoints``), and sends it
 to every worker: all workers accept on one shared listening socket (measured against an
-SO_REUSEPORT group: docs/process-model.md). A UDP listener is read by one owner worker per
+SO_REUSEPORT group: docs/architecture.md). A UDP listener is read by one owner worker per
 device (by slot), so every datagram of a client, hence its session, stays in one worker; the
 others hold the socket so it outlives the owner. The pool keeps no listening socket itself:
 whenever it needs one again (a new worker, a reload, an update that keeps the listener) it

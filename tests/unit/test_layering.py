@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "lxdproxy": 0,  # the package itself (__version__); exact match only, not a prefix
     "lxdproxy.errors": 0,
     "lxdproxy.log_format": 0,
+    "lxdproxy.periodic": 0,
     "lxdproxy.config": 0,
     "lxdproxy.proxy_protocol": 0,
     "lxdproxy.instances.model": 1,
