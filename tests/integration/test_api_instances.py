@@ -172,6 +172,22 @@ async def test_put_replaces_devices_and_honours_if_match(api: Any, stopped: str)
     assert after["metadata"]["name"] == stopped and headers["ETag"] != etag
 
 
+async def test_twenty_racing_if_match_writers_one_wins(api: Any, stopped: str) -> None:
+    """Every writer read the same ETag: the write lock checks it inside, so exactly one wins."""
+    _status, before, headers = await get(api, f"/1.0/instances/{stopped}")
+    rec, etag = before["metadata"], headers["ETag"]
+
+    async def write(i: int) -> int:
+        body = {**rec, "config": {**rec["config"], "user.writer": str(i)}}
+        resp = await api.put(f"/1.0/instances/{stopped}", json=body, headers={"If-Match": etag})
+        return resp.status
+
+    statuses = await asyncio.gather(*(write(i) for i in range(20)))
+    assert sorted(statuses) == [202] + [412] * 19
+    after = (await get(api, f"/1.0/instances/{stopped}"))[1]["metadata"]
+    assert "user.writer" in after["config"]
+
+
 async def test_patch_merges_and_deletes(api: Any, stopped: str) -> None:
     resp = await api.patch(f"/1.0/instances/{stopped}", json={"devices": {"web": PROXY},
                                                               "config": {"user.note": "x"}})
