@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from lxdproxy.config import validate_proxy_device
 from lxdproxy.config.model import BindSide, ConnType, InstanceType, ProxyAddress, ProxyDevice
 from lxdproxy.instances.model import Instance, Nic
+from lxdproxy.nat.rules import DEFAULT_TABLE, NatRuleSet
+from lxdproxy.nat.runtime import NatRuntime
 
 
 def proxy(**config: str) -> ProxyDevice:
@@ -58,3 +60,15 @@ def instance(
 
 
 C1 = instance(Nic("eth0", "bridged", "10.123.0.10", "fd42::10", "veth1234"))
+
+
+async def apply_device(inst: Instance, device_name: str, device: ProxyDevice, *,
+                       net_path: str | None = None, table: str = DEFAULT_TABLE) -> NatRuleSet:
+    """Start a NAT device in ``net_path`` (a lab netns) as the daemon's NatRuntime does."""
+    return await NatRuntime(net_path=net_path, table=table).apply(inst, device_name, device)
+
+
+async def remove_device(instance_name: str, device_name: str, *, project: str = "default",
+                        net_path: str | None = None, table: str = DEFAULT_TABLE) -> bool:
+    return await NatRuntime(net_path=net_path, table=table).remove(instance_name, device_name,
+                                                                   project)

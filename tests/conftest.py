@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +21,14 @@ def lab() -> Iterator[Lab]:  # noqa: F821
 
     with Lab() as built:
         yield built
+
+
+@pytest.fixture
+def running_daemon(lab: Lab, tmp_path: Path) -> Iterator[RunningDaemon]:  # noqa: F821
+    """The real ``lxdproxy serve`` in lab.host (state in tmp_path/state); shut down after."""
+    from lab.daemon import RunningDaemon
+
+    d = RunningDaemon(lab, tmp_path / "state").start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        assert d.stop() == 0

@@ -28,11 +28,8 @@ MESSAGE = ('Failed to start device "web": Error occurred when starting proxy dev
 
 
 @pytest.fixture
-def daemon(lab: Any, tmp_path: Path) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(lab, tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(running_daemon: RunningDaemon) -> RunningDaemon:
+    return running_daemon
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,11 +23,8 @@ N_DATAGRAMS, DATAGRAM = 7, 100
 
 
 @pytest.fixture
-def daemon(lab: Any, tmp_path: Path) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(lab, tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(running_daemon: RunningDaemon) -> RunningDaemon:
+    return running_daemon
 
 
 def curl(daemon: RunningDaemon, method: str, path: str, body: Any = None) -> str:

@@ -9,22 +9,11 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
-from lab.devices import C1, instance, nat_device
+from lab.devices import C1, apply_device, instance, nat_device, remove_device
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Nic
 from lxdproxy.nat.apply import NatApplier
-from lxdproxy.nat.rules import DEFAULT_TABLE, Hook, build_nat_ruleset
-from lxdproxy.nat.runtime import NatRuntime
-
-
-async def apply_device(inst, device_name, device, *, net_path=None, table=DEFAULT_TABLE):
-    return await NatRuntime(net_path=net_path, table=table).apply(inst, device_name, device)
-
-
-async def remove_device(instance_name, device_name, *, project="default", net_path=None,
-                        table=DEFAULT_TABLE):
-    return await NatRuntime(net_path=net_path, table=table).remove(instance_name, device_name,
-                                                                   project)
+from lxdproxy.nat.rules import Hook, build_nat_ruleset
 
 pytestmark = pytest.mark.lab
 

@@ -11,20 +11,8 @@ import pytest
 
 from lab import Lab
 from lab import LabInstance as LabInst
-from lab.devices import nat_device
+from lab.devices import apply_device, nat_device, remove_device
 from lxdproxy.instances.model import Instance, Nic
-from lxdproxy.nat.rules import DEFAULT_TABLE
-from lxdproxy.nat.runtime import NatRuntime
-
-
-async def apply_device(inst, device_name, device, *, net_path=None, table=DEFAULT_TABLE):
-    return await NatRuntime(net_path=net_path, table=table).apply(inst, device_name, device)
-
-
-async def remove_device(instance_name, device_name, *, project="default", net_path=None,
-                        table=DEFAULT_TABLE):
-    return await NatRuntime(net_path=net_path, table=table).remove(instance_name, device_name,
-                                                                   project)
 
 pytestmark = pytest.mark.lab
 
