@@ -20,11 +20,8 @@ HOST = "198.18.0.1"
 
 
 @pytest.fixture
-def daemon(lab: Any, tmp_path: Path) -> Any:
-    d = RunningDaemon(lab, tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(running_daemon: RunningDaemon) -> RunningDaemon:
+    return running_daemon
 
 
 @pytest.fixture
@@ -120,3 +117,20 @@ def test_lxc_info_and_operations(lab: Any, daemon: RunningDaemon, lxc: Any) -> N
     lxc("delete", "-f", "c1")  # a forced stop, then DELETE
     assert lxc("list", "--format", "csv").stdout == ""
     assert inst.run(["true"]).returncode == 0  # the registered process lives on
+
+
+def test_lxc_unset_removes_the_key(lab: Any, daemon: RunningDaemon, lxc: Any) -> None:
+    # LXD stores no empty value: after `unset` the key is gone (issue 13).
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "127.0.0.1", 9000)
+    register(daemon, inst)
+    lxc("config", "device", "add", "c1", "web", "proxy", f"listen=tcp:{HOST}:7210",
+        "connect=tcp:127.0.0.1:9000", "bind=host")
+    assert "bind: host" in lxc("config", "device", "show", "c1").stdout
+    lxc("config", "device", "unset", "c1", "web", "bind")
+    shown = lxc("config", "device", "show", "c1").stdout
+    assert "bind" not in shown and "listen: tcp:198.18.0.1:7210" in shown
+    lxc("config", "set", "c1", "user.note", "x")
+    lxc("config", "unset", "c1", "user.note")
+    assert "user.note" not in lxc("config", "show", "c1").stdout
+    assert roundtrip(lab.host, HOST, 7210) == b"ping"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +17,8 @@ HOST = "198.18.0.1"
 
 
 @pytest.fixture
-def daemon(lab: Any, tmp_path: Path) -> Any:
-    d = RunningDaemon(lab, tmp_path / "state").start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        assert d.stop() == 0
+def daemon(running_daemon: RunningDaemon) -> RunningDaemon:
+    return running_daemon
 
 
 def proxy(port: int, target: int = 9000) -> dict[str, str]:
@@ -118,3 +114,17 @@ def test_pylxd_start_failure_rolls_back(lab: Any, daemon: RunningDaemon) -> None
     assert after.json() == before.json() and after.headers["ETag"] == before.headers["ETag"]
     assert eventually_roundtrip(lab.host, HOST, 7110) == b"ping"  # old device restored
     blocker.close()
+
+
+def test_pylxd_device_without_type_gets_lxds_text(lab: Any, daemon: RunningDaemon) -> None:
+    inst = lab.add_instance()
+    client = Client(endpoint=str(daemon.socket))
+    client.instances.create({"name": "c1", "source": {"type": "none"},
+                             "config": {"user.lxdproxy.pid": str(inst.pid)}}, wait=True)
+    c1 = client.instances.get("c1")
+    c1.devices["x"] = {"path": "/"}
+    with pytest.raises(LXDAPIException) as err:
+        c1.save(wait=True)
+    assert str(err.value) == ('Invalid devices: Device validation failed for "x": Failed '
+                              'loading device "x": Missing device type in config')
+    assert "x" not in client.instances.get("c1").devices
