@@ -46,14 +46,6 @@ class WarningStatus(enum.Enum):
     RESOLVED = "resolved"
 
 
-@dataclass(frozen=True)
-class FailedDevice:
-    project: str
-    instance: str
-    device: str
-    message: str
-
-
 def device_entity_url(project: str, instance: str, device: str) -> str:
     return (f"/1.0/instances/{quote(instance, safe='')}?project={quote(project, safe='')}"
             f"&device={quote(device, safe='')}")
@@ -70,6 +62,16 @@ def parse_device_entity_url(url: str) -> tuple[str, str, str] | None:
         return None
     return (query.get("project", ["default"])[0], unquote(parts.path[len(prefix):]),
             query["device"][0])
+
+
+@dataclass(frozen=True)
+class FailedDevice:
+    """A device with an open start-failure warning: its entity URL parsed, and the last text."""
+
+    project: str
+    instance: str
+    device: str
+    message: str
 
 
 def rfc3339(moment: datetime.datetime) -> str:

@@ -14,6 +14,7 @@ RecursionError). LXD's bodies are at most 3 levels deep; Go allows 10,000.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from lxdproxy.errors import LxdError
@@ -38,12 +39,10 @@ def _go_quote_char(ch: str) -> str:
     return f"'{quoted}'"
 
 
-def _container_at(text: str, pos: int) -> str | None:
-    """The innermost open container ('{' or '[') at ``pos``, skipping strings."""
-    stack: list[str] = []
-    in_string = False
-    escaped = False
-    for ch in text[:pos]:
+def _outside_strings(text: str) -> Iterator[tuple[int, str]]:
+    """(position, character) of every character outside a JSON string, quotes excluded."""
+    in_string = escaped = False
+    for pos, ch in enumerate(text):
         if in_string:
             if escaped:
                 escaped = False
@@ -53,7 +52,15 @@ def _container_at(text: str, pos: int) -> str | None:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "{[":
+        else:
+            yield pos, ch
+
+
+def _container_at(text: str, pos: int) -> str | None:
+    """The innermost open container ('{' or '[') at ``pos``, skipping strings."""
+    stack: list[str] = []
+    for _, ch in _outside_strings(text[:pos]):
+        if ch in "{[":
             stack.append(ch)
         elif ch in "}]" and stack:
             stack.pop()
@@ -112,18 +119,8 @@ def _bounded_float(text: str) -> float:
 
 def _constant_error(text: str) -> str:
     """Go's error for the first ``NaN``/``Infinity``/``-Infinity`` outside a string."""
-    in_string = escaped = False
-    for pos, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "NI":
+    for pos, ch in _outside_strings(text):
+        if ch in "NI":
             where = "in numeric literal" if pos and text[pos - 1] == "-" else \
                 "looking for beginning of value"
             return f"invalid character {_go_quote_char(ch)} {where}"

@@ -88,7 +88,25 @@ class _OncePerInterval:
             self._unlogged = 0
 
 
-class TrafficBudget:
+class _Holdings:
+    """What a budget holds (fds, connections, UDP sessions), and its caps: a cap not set in
+    the limits is as many as ``fds`` file descriptors can carry."""
+
+    def __init__(self, limits: TrafficLimits, fds: int, max_connections: int | None,
+                 max_udp_sessions: int | None) -> None:
+        self.max_connections = max_connections or fds // limits.fds_per_connection
+        self.max_udp_sessions = max_udp_sessions or fds // limits.fds_per_udp_session
+        self.used_fds = 0
+        self.connections = 0
+        self.udp_sessions = 0
+
+    def _count(self, fds: int, connections: int, sessions: int) -> None:
+        self.used_fds += fds
+        self.connections += connections
+        self.udp_sessions += sessions
+
+
+class TrafficBudget(_Holdings):
     def __init__(self, limits: TrafficLimits | None = None, nofile: int | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits = limits or TrafficLimits()
@@ -102,13 +120,7 @@ class TrafficBudget:
         self.reserve = reserve
         self.traffic_fds = max(0, self.nofile - reserve)
         self.device_fds = max(1, int(self.traffic_fds * limits.device_share))
-        self.max_connections = limits.max_connections or (
-            self.traffic_fds // limits.fds_per_connection)
-        self.max_udp_sessions = limits.max_udp_sessions or (
-            self.traffic_fds // limits.fds_per_udp_session)
-        self.used_fds = 0
-        self.connections = 0
-        self.udp_sessions = 0
+        super().__init__(limits, self.traffic_fds, limits.max_connections, limits.max_udp_sessions)
         self.refused_connections = _OncePerInterval(
             "connection refused: the file-descriptor budget is used up", limits.log_interval,
             clock)
@@ -131,20 +143,15 @@ class TrafficBudget:
                 "evicted_udp_sessions": self.evicted_sessions.total}
 
 
-class DeviceBudget:
+class DeviceBudget(_Holdings):
     """One device's share; every admit that returns True must be released exactly once."""
 
     def __init__(self, total: TrafficBudget, label: str) -> None:
         self.total = total
         self.label = label
         limits = total.limits
-        self.max_connections = limits.max_connections_per_device or (
-            total.device_fds // limits.fds_per_connection)
-        self.max_udp_sessions = limits.max_udp_sessions_per_device or (
-            total.device_fds // limits.fds_per_udp_session)
-        self.used_fds = 0
-        self.connections = 0
-        self.udp_sessions = 0
+        super().__init__(limits, total.device_fds, limits.max_connections_per_device,
+                         limits.max_udp_sessions_per_device)
         self._owners: list[SessionOwner] = []
 
     def _fits(self, fds: int) -> bool:
@@ -159,15 +166,11 @@ class DeviceBudget:
                 or self.total.connections >= self.total.max_connections or not self._fits(fds)):
             self.total.refused_connections.hit(self.label)
             return False
-        self._charge(fds)
-        self.connections += 1
-        self.total.connections += 1
+        self._charge(fds, connections=1)
         return True
 
     def release_connection(self) -> None:
-        self._charge(-self.total.limits.fds_per_connection)
-        self.connections -= 1
-        self.total.connections -= 1
+        self._charge(-self.total.limits.fds_per_connection, connections=-1)
 
     # -- UDP sessions ---------------------------------------------------------------------------
     def register(self, owner: SessionOwner) -> None:
@@ -186,15 +189,11 @@ class DeviceBudget:
                 self.total.refused_sessions.hit(self.label)
                 return False
             self.total.evicted_sessions.hit(self.label)
-        self._charge(fds)
-        self.udp_sessions += 1
-        self.total.udp_sessions += 1
+        self._charge(fds, sessions=1)
         return True
 
     def release_session(self) -> None:
-        self._charge(-self.total.limits.fds_per_udp_session)
-        self.udp_sessions -= 1
-        self.total.udp_sessions -= 1
+        self._charge(-self.total.limits.fds_per_udp_session, sessions=-1)
 
     def _session_fits(self, fds: int) -> bool:
         return (self.udp_sessions < self.max_udp_sessions
@@ -208,6 +207,7 @@ class DeviceBudget:
         _at, index = min(candidates)
         return self._owners[index].evict_oldest()
 
-    def _charge(self, fds: int) -> None:
-        self.used_fds += fds
-        self.total.used_fds += fds
+    def _charge(self, fds: int, *, connections: int = 0, sessions: int = 0) -> None:
+        """Count (or, negative, give back) fds and what holds them, here and in the total."""
+        self._count(fds, connections, sessions)
+        self.total._count(fds, connections, sessions)

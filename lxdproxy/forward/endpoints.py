@@ -46,11 +46,12 @@ class _HostSocketFile:
     identity: tuple[int, int] | None  # (st_dev, st_ino) of the socket file the helper made
 
 
-def _inet_listener(spec: ListenSpec) -> socket.socket:
+def _netns_listener(spec: ListenSpec) -> socket.socket:
+    """A tcp, udp or abstract-unix listener, non-blocking; closed if any step fails."""
     sock_type = socket.SOCK_DGRAM if spec.conn_type is ConnType.UDP else socket.SOCK_STREAM
     sock = socket.socket(spec.family, sock_type)
     try:
-        if sock_type == socket.SOCK_STREAM:
+        if sock_type == socket.SOCK_STREAM and spec.family != socket.AF_UNIX:
             # As Go: a restarted device can rebind while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if spec.family == socket.AF_INET6:
@@ -58,18 +59,6 @@ def _inet_listener(spec: ListenSpec) -> socket.socket:
         sock.bind(spec.sockaddr)
         if sock_type == socket.SOCK_STREAM:
             sock.listen(LISTEN_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-def _abstract_listener(spec: ListenSpec) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(spec.sockaddr)
-        sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
@@ -119,17 +108,12 @@ class Endpoints:
         return opened
 
     async def _open_listener(self, spec: ListenSpec) -> socket.socket:
-        if spec.family != socket.AF_UNIX:
-            if spec.port is None or not 0 <= spec.port <= 0xFFFF:
+        if spec.family != socket.AF_UNIX or spec.abstract:
+            if spec.family != socket.AF_UNIX and (spec.port is None
+                                                  or not 0 <= spec.port <= 0xFFFF):
                 raise PlanError(listen_error(spec, ValueError("invalid port")))
-            runner = _executor(self.listen_ns, "listener").run
             try:
-                return await runner(_inet_listener, spec)
-            except OSError as exc:
-                raise PlanError(listen_error(spec, exc)) from None
-        if spec.abstract:
-            try:
-                return await _executor(self.listen_ns, "listener").run(_abstract_listener, spec)
+                return await _executor(self.listen_ns, "listener").run(_netns_listener, spec)
             except OSError as exc:
                 raise PlanError(listen_error(spec, exc)) from None
         helper = await self._spawn(self.listen_ns)

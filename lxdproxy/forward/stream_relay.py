@@ -90,16 +90,10 @@ class _Direction:
         loop = self.relay.loop
         want_read, want_write = self.state.want_read(), self.state.want_write()
         if want_read != self.reading:
-            if want_read:
-                loop.add_reader(self.src_fd, self.on_readable)
-            else:
-                loop.remove_reader(self.src_fd)
+            _watch(want_read, loop.add_reader, loop.remove_reader, self.src_fd, self.on_readable)
             self.reading = want_read
         if want_write != self.writing:
-            if want_write:
-                loop.add_writer(self.dst_fd, self.on_writable)
-            else:
-                loop.remove_writer(self.dst_fd)
+            _watch(want_write, loop.add_writer, loop.remove_writer, self.dst_fd, self.on_writable)
             self.writing = want_write
 
     def release(self) -> None:
@@ -240,6 +234,15 @@ class _Direction:
         self.start = 0
         self.mode = RelayMode.COPY
         self.relay.on_fallback()
+
+
+def _watch(on: bool, add: Callable[..., object], remove: Callable[[int], object], fd: int,
+           callback: Callable[[], None]) -> None:
+    """Start (``add``: the loop's add_reader or add_writer) or stop watching ``fd``."""
+    if on:
+        add(fd, callback)
+    else:
+        remove(fd)
 
 
 def _make_pipe() -> tuple[int, int]:

@@ -50,17 +50,10 @@ class Hook(enum.Enum):
     OUTPUT = ("out", "output", -100)
     POSTROUTING = ("pstrt", "postrouting", 100)
 
-    @property
-    def prefix(self) -> str:
-        return self.value[0]
-
-    @property
-    def hook(self) -> str:
-        return self.value[1]
-
-    @property
-    def priority(self) -> int:
-        return self.value[2]
+    def __init__(self, prefix: str, hook: str, priority: int) -> None:
+        self.prefix = prefix
+        self.hook = hook
+        self.priority = priority
 
 
 CHAIN_PREFIXES = tuple(h.prefix for h in Hook)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 
 from lxdproxy.workers.protocol import Envelope, FrameDecoder, ProtocolError, encode
 
@@ -45,30 +46,22 @@ class Channel:
                     else:
                         sent = self.sock.send(view)
                 except (BlockingIOError, InterruptedError):
-                    await self._wait_writable()
+                    await self._wait(self._loop.add_writer, self._loop.remove_writer)
                     continue
                 except OSError as exc:
                     raise ChannelClosed(str(exc)) from None
                 first = False
                 view = view[sent:]
 
-    async def _wait_writable(self) -> None:
+    async def _wait(self, watch: Callable[..., object], unwatch: Callable[[int], object]) -> None:
+        """Until the loop's ``watch`` (add_reader or add_writer) fires for the socket."""
         fut = self._loop.create_future()
         fd = self.sock.fileno()
-        self._loop.add_writer(fd, _set, fut)
+        watch(fd, _set, fut)
         try:
             await fut
         finally:
-            self._loop.remove_writer(fd)
-
-    async def _wait_readable(self) -> None:
-        fut = self._loop.create_future()
-        fd = self.sock.fileno()
-        self._loop.add_reader(fd, _set, fut)
-        try:
-            await fut
-        finally:
-            self._loop.remove_reader(fd)
+            unwatch(fd)
 
     async def recv(self) -> tuple[Envelope, list[int]]:
         """The next envelope and the fds that came with it (the caller owns them)."""
@@ -77,7 +70,7 @@ class Channel:
                 data, ancdata, _flags, _addr = self.sock.recvmsg(
                     RECV_SIZE, socket.CMSG_SPACE(MAX_FDS_PER_RECV * 4))
             except (BlockingIOError, InterruptedError):
-                await self._wait_readable()
+                await self._wait(self._loop.add_reader, self._loop.remove_reader)
                 continue
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None

@@ -14,7 +14,7 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 from lxdproxy.netns.namespaces import Namespaces
 
@@ -73,12 +73,23 @@ class DeviceSpec:
 
 # -- messages -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Hello:
+@dataclass_transform(frozen_default=True)
+class _Message:
+    """A message names its wire kind in its bases (``class Stats(_Message, kind="stats")``)
+    and is made a frozen dataclass here: one line says both what it is and how it travels."""
+
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, *, kind: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kind = kind
+        dataclass(frozen=True)(cls)
+
+
+class Hello(_Message, kind="hello"):
     """First message each way: who is there. A worker answers with its own: ``index`` (its
     slot in the pool, which decides UDP ownership) and ``draining`` (it stopped accepting)."""
 
-    kind: ClassVar[str] = "hello"
     pid: int
     generation: int
     version: int = PROTOCOL_VERSION
@@ -86,60 +97,49 @@ class Hello:
     draining: bool = False
 
 
-@dataclass(frozen=True)
-class Start:
+class Start(_Message, kind="start"):
     """Start a device, or update it if the key runs. ``fds`` listening sockets come with it, one
     per listener in plan order. ``udp_owner``: this worker reads the UDP listeners (one owner
     per device keeps a client's datagrams, hence its session, in one worker)."""
 
-    kind: ClassVar[str] = "start"
     spec: DeviceSpec
     udp_owner: bool = True
 
 
-@dataclass(frozen=True)
-class Stop:
-    kind: ClassVar[str] = "stop"
+class Stop(_Message, kind="stop"):
+    """Stop a device; the reply says whether it was running."""
+
     key: DeviceKey
 
 
-@dataclass(frozen=True)
-class ListDevices:
-    kind: ClassVar[str] = "list"
+class ListDevices(_Message, kind="list"):
+    """The devices a worker runs: each spec and whether it owns the UDP listeners."""
 
 
-@dataclass(frozen=True)
-class Stats:
-    kind: ClassVar[str] = "stats"
+class Stats(_Message, kind="stats"):
+    """A worker's counters, overall and per device."""
 
 
-@dataclass(frozen=True)
-class Drain:
+class Drain(_Message, kind="drain"):
     """Stop accepting everywhere; exit once every connection ended or ``timeout`` passed."""
 
-    kind: ClassVar[str] = "drain"
     timeout: float | None = None
 
 
-@dataclass(frozen=True)
-class Shutdown:
-    kind: ClassVar[str] = "shutdown"
+class Shutdown(_Message, kind="shutdown"):
+    """Stop every device and exit once the reply is sent (``Drain`` waits for connections)."""
 
 
-@dataclass(frozen=True)
-class Listeners:
+class Listeners(_Message, kind="listeners"):
     """Ask for a device's listening sockets (they come back as the reply's fds)."""
 
-    kind: ClassVar[str] = "listeners"
     key: DeviceKey
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(_Message, kind="reply"):
     """The answer to request ``id``. ``error`` is the user-facing text; ``start_error`` marks a
     device that could not start (LXD's DeviceStartError) as opposed to a worker failure."""
 
-    kind: ClassVar[str] = "reply"
     ok: bool = True
     error: str | None = None
     start_error: bool = False

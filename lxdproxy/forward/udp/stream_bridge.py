@@ -17,6 +17,8 @@ import logging
 import select
 import socket
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
@@ -87,8 +89,7 @@ class _StreamToDatagram:
         self._to_dgram: deque[bytes] = deque()  # datagrams waiting for the UDP socket
         self._to_stream: deque[bytes] = deque()  # reply bytes waiting for the stream
         self._eof = False
-        self._reading_stream = False
-        self._reading_dgram = False
+        self._reading: set[int] = set()  # the fds the loop reads now
         self._last = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -124,38 +125,49 @@ class _StreamToDatagram:
         self._stream.close()
         self._dgram.close()
 
+    def _read(self, fd: int, on_readable: Callable[[], None] | None) -> None:
+        """Read ``fd`` with ``on_readable``, or stop reading it (None); a repeat is a no-op."""
+        if on_readable is None:
+            if fd in self._reading:
+                self._reading.discard(fd)
+                self._loop.remove_reader(fd)  # type: ignore[union-attr]
+        elif fd not in self._reading:
+            self._reading.add(fd)
+            self._loop.add_reader(fd, on_readable)  # type: ignore[union-attr]
+
     def _resume_stream(self) -> None:
-        if not self._reading_stream and not self._eof:
-            self._reading_stream = True
-            self._loop.add_reader(self._sfd, self._on_stream_readable)  # type: ignore[union-attr]
+        if not self._eof:
+            self._read(self._sfd, self._on_stream_readable)
 
     def _pause_stream(self) -> None:
-        if self._reading_stream:
-            self._reading_stream = False
-            self._loop.remove_reader(self._sfd)  # type: ignore[union-attr]
+        self._read(self._sfd, None)
 
     def _resume_dgram(self) -> None:
-        if not self._reading_dgram:
-            self._reading_dgram = True
-            self._loop.add_reader(self._dfd, self._on_dgram_readable)  # type: ignore[union-attr]
+        self._read(self._dfd, self._on_dgram_readable)
 
     def _pause_dgram(self) -> None:
-        if self._reading_dgram:
-            self._reading_dgram = False
-            self._loop.remove_reader(self._dfd)  # type: ignore[union-attr]
+        self._read(self._dfd, None)
+
+    def _on_stream(self, op: Callable[..., int], *args: Any, failure: str) -> int | None:
+        """``op(*args)`` on the stream: its result, or None when it would block or failed. A
+        failure is logged (``failure`` with the error) and ends the relay."""
+        try:
+            return op(*args)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            self._log.info(failure, e)
+            self._finish()
+            return None
 
     # -- stream -> datagram ------------------------------------------------------------
 
     def _on_stream_readable(self) -> None:
         self._last = self._loop.time()  # type: ignore[union-attr]
         for _ in range(STREAM_BATCH):
-            try:
-                n = self._stream.recv_into(self._buf, self._chunk)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._log.info("client connection failed: %s", e)
-                self._finish()
+            n = self._on_stream(self._stream.recv_into, self._buf, self._chunk,
+                                failure="client connection failed: %s")
+            if n is None:
                 return
             if n == 0:
                 # Half-close: the UDP side has no EOF to pass on, and replies may still come.
@@ -214,7 +226,7 @@ class _StreamToDatagram:
         loop = self._loop
         loop.remove_reader(self._dfd)  # type: ignore[union-attr]
         loop.remove_writer(self._dfd)  # type: ignore[union-attr]
-        if self._reading_dgram:
+        if self._dfd in self._reading:
             loop.add_reader(self._dfd, self._on_dgram_readable)  # type: ignore[union-attr]
         if self._to_dgram:
             loop.add_writer(self._dfd, self._on_dgram_writable)  # type: ignore[union-attr]
@@ -259,13 +271,8 @@ class _StreamToDatagram:
         queue = self._to_stream
         while queue:
             data = queue[0]
-            try:
-                sent = self._stream.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._log.info("client connection closed: %s", e)
-                self._finish()
+            sent = self._on_stream(self._stream.send, data, failure="client connection closed: %s")
+            if sent is None:
                 return
             if sent < len(data):
                 queue[0] = data[sent:]
