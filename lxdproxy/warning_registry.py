@@ -32,6 +32,8 @@ class WarningType(enum.Enum):
     """Closed set of types lxdproxy raises; the value is the text LXD shows in ``type``."""
 
     DEVICE_START_FAILED = "Proxy device failed to start"
+    # user.lxdproxy.nat_dynamic: the device is up, its rules wait for the NIC's address.
+    DEVICE_WAITING_FOR_ADDRESS = "Proxy device waiting for an instance address"
     # LXD's own type (warningtype.ProxyBridgeNetfilterNotEnabled), for NAT's hairpin check.
     BRIDGE_NETFILTER_NOT_ENABLED = "Proxy bridge netfilter not enabled"
 
@@ -122,12 +124,28 @@ class WarningRegistry:
         return self.resolve(project, device_entity_url(project, instance, device),
                             WarningType.DEVICE_START_FAILED)
 
+    def raise_device_waiting(self, project: str, instance: str, device: str,
+                             message: str) -> WarningRow:
+        return self.raise_warning(project, device_entity_url(project, instance, device),
+                                  WarningType.DEVICE_WAITING_FOR_ADDRESS, message)
+
+    def resolve_device_waiting(self, project: str, instance: str, device: str) -> bool:
+        return self.resolve(project, device_entity_url(project, instance, device),
+                            WarningType.DEVICE_WAITING_FOR_ADDRESS)
+
     def failed_devices(self, instance: str | None = None) -> list[FailedDevice]:
         """Devices with an open (new or acknowledged) start-failure warning."""
+        return self._open_device_warnings(WarningType.DEVICE_START_FAILED, instance)
+
+    def waiting_devices(self, instance: str | None = None) -> list[FailedDevice]:
+        """Devices that are up but wait for an instance address (nat_dynamic)."""
+        return self._open_device_warnings(WarningType.DEVICE_WAITING_FOR_ADDRESS, instance)
+
+    def _open_device_warnings(self, type: WarningType,
+                              instance: str | None) -> list[FailedDevice]:
         out = []
         for row in self._store.warnings():
-            if (row.type != WarningType.DEVICE_START_FAILED.value
-                    or row.status == WarningStatus.RESOLVED.value):
+            if row.type != type.value or row.status == WarningStatus.RESOLVED.value:
                 continue
             parsed = parse_device_entity_url(row.entity_url)
             if parsed is None or (instance is not None and parsed[1] != instance):
