@@ -166,8 +166,8 @@ async def build_components(config: DaemonConfig, store: Store, *,
                                       udp_idle_timeout=config.udp_idle_timeout,
                                       protected_paths=protected)
         await pool.open()
-    runtime = DeviceRuntime(dataplane, nat, host_ns=host_ns)
     warnings = WarningRegistry(store)
+    runtime = DeviceRuntime(dataplane, nat, addresses=backend, waits=warnings, host_ns=host_ns)
     manager = DeviceManager(backend, runtime, warnings, retry_interval=config.device_retry_interval)
     return Components(store, backend, runtime, warnings, manager, pool)
 

@@ -19,6 +19,7 @@ import json
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partialmethod
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -32,6 +33,8 @@ class WarningType(enum.Enum):
     """Closed set of types lxdproxy raises; the value is the text LXD shows in ``type``."""
 
     DEVICE_START_FAILED = "Proxy device failed to start"
+    # user.lxdproxy.nat_dynamic: the device is up, its rules wait for the NIC's address.
+    DEVICE_WAITING_FOR_ADDRESS = "Proxy device waiting for an instance address"
     # LXD's own type (warningtype.ProxyBridgeNetfilterNotEnabled), for NAT's hairpin check.
     BRIDGE_NETFILTER_NOT_ENABLED = "Proxy bridge netfilter not enabled"
 
@@ -115,21 +118,35 @@ class WarningRegistry:
         self._store.put_warning(replace(old, status=WarningStatus.RESOLVED.value))
         return True
 
-    def raise_device_failure(self, project: str, instance: str, device: str,
-                             message: str) -> WarningRow:
-        return self.raise_warning(project, device_entity_url(project, instance, device),
-                                  WarningType.DEVICE_START_FAILED, message)
+    def raise_for_device(self, type: WarningType, project: str, instance: str, device: str,
+                         message: str) -> WarningRow:
+        return self.raise_warning(project, device_entity_url(project, instance, device), type,
+                                  message)
 
-    def resolve_device(self, project: str, instance: str, device: str) -> bool:
-        return self.resolve(project, device_entity_url(project, instance, device),
-                            WarningType.DEVICE_START_FAILED)
+    def resolve_for_device(self, type: WarningType, project: str, instance: str,
+                           device: str) -> bool:
+        return self.resolve(project, device_entity_url(project, instance, device), type)
+
+    # (project, instance, device[, message]): what the device manager reports.
+    raise_device_failure = partialmethod(raise_for_device, WarningType.DEVICE_START_FAILED)
+    resolve_device = partialmethod(resolve_for_device, WarningType.DEVICE_START_FAILED)
+    raise_device_waiting = partialmethod(raise_for_device, WarningType.DEVICE_WAITING_FOR_ADDRESS)
+    resolve_device_waiting = partialmethod(resolve_for_device,
+                                           WarningType.DEVICE_WAITING_FOR_ADDRESS)
 
     def failed_devices(self, instance: str | None = None) -> list[FailedDevice]:
         """Devices with an open (new or acknowledged) start-failure warning."""
+        return self._open_device_warnings(WarningType.DEVICE_START_FAILED, instance)
+
+    def waiting_devices(self, instance: str | None = None) -> list[FailedDevice]:
+        """Devices that are up but wait for an instance address (nat_dynamic)."""
+        return self._open_device_warnings(WarningType.DEVICE_WAITING_FOR_ADDRESS, instance)
+
+    def _open_device_warnings(self, type: WarningType,
+                              instance: str | None) -> list[FailedDevice]:
         out = []
         for row in self._store.warnings():
-            if (row.type != WarningType.DEVICE_START_FAILED.value
-                    or row.status == WarningStatus.RESOLVED.value):
+            if row.type != type.value or row.status == WarningStatus.RESOLVED.value:
                 continue
             parsed = parse_device_entity_url(row.entity_url)
             if parsed is None or (instance is not None and parsed[1] != instance):

@@ -133,10 +133,14 @@ def _if_match(request: web.Request) -> Precondition:
 async def _state(request: web.Request, name: str) -> dict[str, Any]:
     """The backend's state plus ``failed_devices`` (lxdproxy's): device -> why it is not
     running, for every device with an open start-failure warning (pylxd:
-    ``instance.state().failed_devices``)."""
+    ``instance.state().failed_devices``), and ``waiting_devices``: device -> why its NAT
+    rules are not installed yet (user.lxdproxy.nat_dynamic without an address)."""
     state = await request.app[MANAGER].state(name)
-    failed = request.app[warnings_api.WARNINGS].failed_devices(name)
-    return {**state, "failed_devices": {f.device: f.message for f in failed}}
+    registry = request.app[warnings_api.WARNINGS]
+    failed = registry.failed_devices(name)
+    waiting = registry.waiting_devices(name)
+    return {**state, "failed_devices": {f.device: f.message for f in failed},
+            "waiting_devices": {w.device: w.message for w in waiting}}
 
 
 async def _full(request: web.Request, name: str) -> dict[str, Any]:

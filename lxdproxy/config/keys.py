@@ -40,7 +40,11 @@ LXD_KEYS = frozenset(KEY_ORDER)
 # lxdproxy extensions live under user.* so a config stays valid on a real LXD.
 EXT_PROXY_PROTOCOL = "user.lxdproxy.proxy_protocol"
 EXT_NAT_WILDCARD = "user.lxdproxy.nat_wildcard"
-EXT_KEY_ORDER = (EXT_PROXY_PROTOCOL, EXT_NAT_WILDCARD)
+EXT_NAT_DYNAMIC = "user.lxdproxy.nat_dynamic"
+EXT_BIND_UID = "user.lxdproxy.security.bind_uid"
+EXT_BIND_GID = "user.lxdproxy.security.bind_gid"
+EXT_KEY_ORDER = (EXT_PROXY_PROTOCOL, EXT_NAT_WILDCARD, EXT_NAT_DYNAMIC, EXT_BIND_UID,
+                 EXT_BIND_GID)
 EXT_PROXY_PROTOCOL_VALUES = ("", "v1", "v2")
 
 
@@ -123,6 +127,9 @@ LXD_VALIDATORS: Mapping[str, Callable[[str], str]] = {
 EXT_VALIDATORS: Mapping[str, Callable[[str], str]] = {
     EXT_PROXY_PROTOCOL: _optional(check_ext_proxy_protocol),
     EXT_NAT_WILDCARD: _optional(check_bool),
+    EXT_NAT_DYNAMIC: _optional(check_bool),
+    EXT_BIND_UID: _optional(check_unix_id),
+    EXT_BIND_GID: _optional(check_unix_id),
 }
 
 
@@ -156,7 +163,10 @@ EXT_SCHEMA = vol.Schema(dict(EXT_VALIDATORS), extra=vol.ALLOW_EXTRA)
 __all__ = [
     "BIND_VALUES",
     "BOOL_VALUES",
+    "EXT_BIND_GID",
+    "EXT_BIND_UID",
     "EXT_KEY_ORDER",
+    "EXT_NAT_DYNAMIC",
     "EXT_NAT_WILDCARD",
     "EXT_PROXY_PROTOCOL",
     "EXT_SCHEMA",

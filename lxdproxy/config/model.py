@@ -68,11 +68,21 @@ class ProxyDevice:
     security_gid: int = 0
     port_map: tuple[tuple[int, int], ...] = ()
     nat_wildcard: bool = False  # user.lxdproxy.nat_wildcard=true (Incus-style wildcard NAT)
+    # user.lxdproxy.nat_dynamic=true: DNAT to the instance's current address on its NIC
+    nat_dynamic: bool = False
+    # user.lxdproxy.security.bind_uid/bind_gid: the listening socket is made with these ids
+    bind_uid: int | None = None
+    bind_gid: int | None = None
     config: tuple[tuple[str, str], ...] = field(default=(), compare=True)  # raw keys, sorted
 
     @property
     def unix_connect_port(self) -> int | None:
         return self.connect.ports[0] if self.connect.ports else None
+
+    @property
+    def drops_bind_ids(self) -> bool:
+        """The listen side's sockets are made by a helper running as bind_uid/bind_gid."""
+        return self.bind_uid is not None or self.bind_gid is not None
 
     def raw(self) -> dict[str, str]:
         return dict(self.config)

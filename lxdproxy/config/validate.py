@@ -7,7 +7,7 @@ Order (first failure wins; see docs/compatibility.md):
  4. LXD's cross-field rules (lxd_rules.py);
  5. lxdproxy's extension keys (``user.lxdproxy.*``);
  6. configs LXD accepts but that can never start (start_checks.py);
- 7. extension cross-field rules (PROXY header version).
+ 7. extension cross-field rules (PROXY header version, nat_dynamic, bind ids: ext_rules.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from collections.abc import Iterable, Mapping
 import voluptuous as vol
 
 from lxdproxy.config.address import parse_address
+from lxdproxy.config.ext_rules import check_bind_ids, check_nat_dynamic
 from lxdproxy.config.gostrconv import go_parse_uint, go_quote
 from lxdproxy.config.keys import (
+    EXT_BIND_GID,
+    EXT_BIND_UID,
     EXT_KEY_ORDER,
+    EXT_NAT_DYNAMIC,
     EXT_NAT_WILDCARD,
     EXT_PROXY_PROTOCOL,
     EXT_SCHEMA,
@@ -180,6 +184,8 @@ def validate_proxy_device(
     if nat:
         check_nat_startable(raw, listen, connect)
     protocol = _proxy_protocol(raw, connect, nat)
+    check_nat_dynamic(raw, connect, nat)
+    check_bind_ids(raw, nat)
     mode = raw.get("mode", "")
     return ProxyDevice(
         listen=listen,
@@ -194,6 +200,9 @@ def validate_proxy_device(
         security_gid=_optional_id(raw, "security.gid") or 0,
         port_map=_port_map(listen, connect),
         nat_wildcard=is_true(raw.get(EXT_NAT_WILDCARD, "")),
+        nat_dynamic=is_true(raw.get(EXT_NAT_DYNAMIC, "")),
+        bind_uid=_optional_id(raw, EXT_BIND_UID),
+        bind_gid=_optional_id(raw, EXT_BIND_GID),
         config=tuple(sorted(raw.items())),
     )
 

@@ -8,6 +8,8 @@
 - ``security.uid``/``security.gid``: every outgoing connection is made by a helper that joined the
   connect side's user namespace and dropped to those ids (LXD's forkproxy drops its connector the
   same way, so ids are mapped through the instance's id map for bind=host).
+- ``user.lxdproxy.security.bind_uid``/``bind_gid``: the listeners are made the same way on the
+  listen side (a helper in its namespaces, dropped to those ids), for every socket type.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from lxdproxy.netns import NamespaceHelper, Namespaces, NetnsExecutor, netns_exe
 from lxdproxy.netns.protected_paths import ProtectedPaths
 
 LISTEN_BACKLOG = 4096
+# Linux's default net.ipv4.ip_unprivileged_port_start: binding below it needs
+# CAP_NET_BIND_SERVICE.
+PRIVILEGED_PORTS = 1024
 
 
 class ConnectFailed(Exception):
@@ -97,26 +102,49 @@ class Endpoints:
     async def open_listeners(self) -> list[socket.socket]:
         """Every listener of the device, or none: raises PlanError with forkproxy's text."""
         opened: list[socket.socket] = []
+        binder: NamespaceHelper | None = None
         try:
+            if self.device.drops_bind_ids:
+                # user.lxdproxy.security.bind_uid/gid: one helper in the listen side's
+                # namespaces, dropped to those ids, makes every listener, so the kernel's
+                # permission checks (paths, low ports) apply to those ids, not to root.
+                binder = await self._spawn(self.listen_ns, uid=self.device.bind_uid,
+                                           gid=self.device.bind_gid)
             for spec in self.plan.listeners:
-                opened.append(await self._open_listener(spec))
+                opened.append(await self._open_listener(spec, binder))
         except BaseException:
             for sock in opened:
                 sock.close()
             await self.remove_host_socket()
             raise
+        finally:
+            if binder is not None:
+                await binder.close()
         return opened
 
-    async def _open_listener(self, spec: ListenSpec) -> socket.socket:
-        if spec.family != socket.AF_UNIX or spec.abstract:
-            if spec.family != socket.AF_UNIX and (spec.port is None
-                                                  or not 0 <= spec.port <= 0xFFFF):
-                raise PlanError(listen_error(spec, ValueError("invalid port")))
+    async def _open_listener(self, spec: ListenSpec, binder: NamespaceHelper | None
+                             ) -> socket.socket:
+        """``binder``: a namespace helper dropped to the bind ids, which then makes it."""
+        if spec.family != socket.AF_UNIX and (spec.port is None
+                                              or not 0 <= spec.port <= 0xFFFF):
+            raise PlanError(listen_error(spec, ValueError("invalid port")))
+        if binder is None and (spec.family != socket.AF_UNIX or spec.abstract):
             try:
                 return await _executor(self.listen_ns, "listener").run(_netns_listener, spec)
             except OSError as exc:
-                raise PlanError(listen_error(spec, exc)) from None
-        helper = await self._spawn(self.listen_ns)
+                raise self._listen_failed(spec, exc) from None
+        if spec.family != socket.AF_UNIX:
+            assert binder is not None
+            sock_type = socket.SOCK_DGRAM if spec.conn_type is ConnType.UDP else socket.SOCK_STREAM
+            try:
+                sock = await binder.bind_inet(spec.family, sock_type, spec.host, spec.port,
+                                              dual_stack=spec.dual_stack,
+                                              listen_backlog=LISTEN_BACKLOG)
+            except OSError as exc:
+                raise self._listen_failed(spec, exc) from None
+            sock.setblocking(False)
+            return sock
+        helper = binder or await self._spawn(self.listen_ns)
         try:
             try:
                 sock, identity = await helper.bind_unix_file(
@@ -124,13 +152,27 @@ class Endpoints:
                     mode=self.device.mode, listen_backlog=LISTEN_BACKLOG,
                     protected=self.protected)
             except OSError as exc:
-                raise PlanError(listen_error(spec, exc)) from None
+                raise self._listen_failed(spec, exc) from None
         finally:
-            await helper.close()
-        if self.device.bind is BindSide.HOST:
+            if helper is not binder:
+                await helper.close()
+        if self.device.bind is BindSide.HOST and not spec.abstract:
             self._host_socket = _HostSocketFile(spec.host, identity)
         sock.setblocking(False)
         return sock
+
+    def _listen_failed(self, spec: ListenSpec, exc: OSError) -> PlanError:
+        """forkproxy's text; when the ids were dropped and the kernel said no, also why."""
+        text = listen_error(spec, exc)
+        if not self.device.drops_bind_ids or exc.errno not in (errno.EACCES, errno.EPERM):
+            return PlanError(text)
+        who = f"uid {self.device.bind_uid or 0}, gid {self.device.bind_gid or 0}"
+        if spec.port is not None and spec.port < PRIVILEGED_PORTS:
+            return PlanError(f"{text} (the listener is made as {who} "
+                             f"(user.lxdproxy.security.bind_uid/bind_gid): a port below "
+                             f"{PRIVILEGED_PORTS} needs CAP_NET_BIND_SERVICE)")
+        return PlanError(f"{text} (the listener is made as {who} "
+                         "(user.lxdproxy.security.bind_uid/bind_gid), which may not create it)")
 
     def take_host_socket(self) -> tuple[str, tuple[int, int] | None] | None:
         """Hand over the daemon-side socket file (path, identity) to whoever will remove it

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from lxdproxy.instances.model import Devices, Instance, InstanceUpdate
+from lxdproxy.instances.address_follow import AddressChanged, AddressFollower
+from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
 
 InstanceChanged = Callable[[str], Awaitable[None]]
 
@@ -60,6 +61,12 @@ class InstanceBackend(Protocol):
     async def set_stopped(self, name: str, stopped: bool) -> None:
         """lxdproxy-level power state (``lxc stop``/``start``); NotSupportedError where the
         backend does not own the instance's lifecycle."""
+
+    async def follow_address(self, instance: Instance, nic: Nic, version: int,
+                             changed: AddressChanged) -> AddressFollower:
+        """Follow the IPv``version`` address ``nic`` has now (``user.lxdproxy.nat_dynamic``):
+        the follower's ``current`` is the address at return (None: none yet); ``changed`` is
+        awaited with every new one (None: it went away) until the follower is closed."""
 
     def watch(self, callback: InstanceChanged) -> None:
         """Call ``callback(name)`` whenever an instance's pid/status/NICs change by themselves."""

@@ -25,8 +25,14 @@ from lxdproxy.config.gostrconv import go_quote
 from lxdproxy.config.model import InstanceType
 from lxdproxy.config.names import check_instance_name, parse_ascii_uint
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
+from lxdproxy.instances.address_follow import (
+    AddressChanged,
+    AddressFollower,
+    NetlinkAddressFollower,
+)
 from lxdproxy.instances.backend import InstanceChanged
 from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
+from lxdproxy.instances.namespaces import instance_namespaces
 from lxdproxy.instances.netstate import read_network_state
 from lxdproxy.store import InstanceRow, Store
 
@@ -117,6 +123,7 @@ def nics_from_devices(devices: Mapping[str, Mapping[str, str]],
             ipv4_address=dev.get("ipv4.address") or None,
             ipv6_address=dev.get("ipv6.address") or None,
             host_name=config.get(f"volatile.{name}.host_name") or dev.get("host_name") or None,
+            interface=dev.get("name") or None,
         ))
     return tuple(nics)
 
@@ -228,6 +235,19 @@ class LocalBackend:
             "processes": -1 if inst.running else 0,
             "cpu": {"usage": 0},
         }
+
+    async def follow_address(self, instance: Instance, nic: Nic, version: int,
+                             changed: AddressChanged) -> AddressFollower:
+        """Read and watch the address inside the instance's own netns (netlink)."""
+        net_path = instance_namespaces(instance).net
+        assert net_path is not None  # an instance always has its own netns
+        follower = NetlinkAddressFollower(net_path, nic.instance_ifname, version, changed)
+        try:
+            await follower.start()
+        except BaseException:
+            await follower.close()
+            raise
+        return follower
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -24,6 +24,13 @@ from pylxd import Client, exceptions
 
 from lxdproxy.config.model import InstanceType
 from lxdproxy.errors import ConfigError, LxdError, NotFoundError, NotSupportedError
+from lxdproxy.instances.address_follow import (
+    AddressChanged,
+    AddressFollower,
+    IPAddress,
+    StatePoller,
+    address_from_state,
+)
 from lxdproxy.instances.backend import InstanceChanged
 from lxdproxy.instances.model import Devices, Instance, InstanceUpdate, Nic
 from lxdproxy.store import Store
@@ -43,6 +50,8 @@ NETWORK_NICTYPES = {
 
 ONLY_PROXY_DEVICES = "Only proxy devices can be changed through lxdproxy"
 DEFAULT_POLL_INTERVAL = 2.0
+# user.lxdproxy.nat_dynamic: how often the state's addresses are read (rules follow within it).
+DEFAULT_ADDRESS_POLL_INTERVAL = 1.0
 DEFAULT_TIMEOUT = 30.0
 _NETWORK_CACHE_SECONDS = 60.0
 
@@ -98,10 +107,12 @@ class LxdBackend:
 
     def __init__(self, endpoint: str, store: Store, *,
                  poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 address_poll_interval: float = DEFAULT_ADDRESS_POLL_INTERVAL,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self.endpoint = endpoint
         self._store = store
         self.poll_interval = poll_interval
+        self.address_poll_interval = address_poll_interval
         self.timeout = timeout
         self._client: Client | None = None
         self._connect_lock = asyncio.Lock()
@@ -176,6 +187,19 @@ class LxdBackend:
     async def managed_names(self) -> list[str]:
         owned = set(self._store.device_instances())
         return [n for n in await self.list_names() if n in owned]
+
+    async def follow_address(self, instance: Instance, nic: Nic, version: int,
+                             changed: AddressChanged) -> AddressFollower:
+        """Poll the instance state's addresses (LXD reads them from inside the instance)."""
+
+        async def read() -> IPAddress | None:
+            state = await self.get_state(instance.name)
+            return address_from_state(state.get("network"), nic.instance_ifname,
+                                      nic.host_name, version)
+
+        follower = StatePoller(read, self.address_poll_interval, changed)
+        await follower.start()
+        return follower
 
     async def get_state(self, name: str) -> dict[str, Any]:
         return await self._get(f"instances/{_name_url(name)}/state")
@@ -295,6 +319,7 @@ class LxdBackend:
                 ipv4_address=dev.get("ipv4.address") or None,
                 ipv6_address=dev.get("ipv6.address") or None,
                 host_name=config.get(f"volatile.{dev_name}.host_name") or None,
+                interface=dev.get("name") or None,
             ))
         type_text = record.get("type") or "container"
         try:

@@ -16,6 +16,12 @@ class Nic:
     ipv4_address: str | None = None  # the static ipv4.address key, as written
     ipv6_address: str | None = None
     host_name: str | None = None  # volatile.<nic>.host_name
+    interface: str | None = None  # the ``name`` key: the interface inside the instance
+
+    @property
+    def instance_ifname(self) -> str:
+        """The interface's name inside the instance (LXD: ``name``, else the device name)."""
+        return self.interface or self.name
 
 
 @dataclass(frozen=True)

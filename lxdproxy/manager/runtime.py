@@ -17,7 +17,9 @@ from lxdproxy.errors import DeviceStartError
 from lxdproxy.instances.model import Instance
 from lxdproxy.instances.namespaces import instance_namespaces
 from lxdproxy.instances.nic_discovery import with_host_names
+from lxdproxy.manager.dynamic_nat import AddressSource, AddressWaits, DynamicNatDevice
 from lxdproxy.nat.runtime import NatRuntime
+from lxdproxy.nat.target import dynamic_nat_nic
 from lxdproxy.netns import Namespaces
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,17 @@ class RunningDevice:
 class DeviceRuntime:
     """Which devices run, and how. Not thread safe: used from the daemon's loop only."""
 
-    def __init__(self, dataplane: DataPlane, nat: NatRuntime, *,
-                 host_ns: Namespaces | None = None) -> None:
-        """``host_ns`` stands for the host side; None = the daemon's own namespaces."""
+    def __init__(self, dataplane: DataPlane, nat: NatRuntime, *, addresses: AddressSource,
+                 waits: AddressWaits, host_ns: Namespaces | None = None) -> None:
+        """``host_ns`` stands for the host side; None = the daemon's own namespaces.
+        ``addresses`` (the backend) and ``waits`` (the warnings) serve nat_dynamic devices."""
         self.dataplane = dataplane
         self.nat = nat
+        self.addresses = addresses
+        self.waits = waits
         self._host_ns = host_ns
         self._running: dict[Key, RunningDevice] = {}
+        self._dynamic: dict[Key, DynamicNatDevice] = {}
 
     def running(self, instance_name: str) -> dict[str, RunningDevice]:
         return {dev: rd for (inst, dev), rd in self._running.items() if inst == instance_name}
@@ -83,7 +89,13 @@ class DeviceRuntime:
         if device.nat:
             # Hairpin needs the NIC's bridge port; local instances may not name it.
             named = await with_host_names(instance, self._host_ns.net if self._host_ns else None)
-            await self.nat.apply(named, device_name, device)
+            nic = dynamic_nat_nic(device, named) if device.nat_dynamic else None
+            if nic is not None:
+                dynamic = DynamicNatDevice(self.nat, self.waits, named, device_name, device, nic)
+                await dynamic.start(self.addresses)
+                self._dynamic[key] = dynamic
+            else:
+                await self.nat.apply(named, device_name, device)
         else:
             listen_ns, connect_ns = self._sides(instance, device)
             await self.dataplane.start(key, device, listen_ns=listen_ns, connect_ns=connect_ns,
@@ -107,6 +119,9 @@ class DeviceRuntime:
             return
         try:
             if rd.device.nat:
+                dynamic = self._dynamic.pop(key, None)
+                if dynamic is not None:
+                    await dynamic.close()  # no change may re-install what is removed next
                 await self.nat.remove(instance_name, device_name, rd.instance.project)
             else:
                 await self.dataplane.stop(key)

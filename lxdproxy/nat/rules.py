@@ -246,6 +246,7 @@ def build_nat_ruleset(
     device_name: str,
     *,
     table: str = DEFAULT_TABLE,
+    target: NatTarget | None = None,
 ) -> NatRuleSet:
     """The rules a validated NAT device needs; raises DeviceStartError for what only the
     instance can decide (its static addresses) and names nft cannot carry.
@@ -265,7 +266,9 @@ def build_nat_ruleset(
         raise DeviceStartError(f"Cannot use NAT for instance device {_quote(label)}: empty name")
     check_label(label)
 
-    target = resolve_nat_target(device, instance)
+    # target: the NIC's current address (user.lxdproxy.nat_dynamic), else its static one.
+    if target is None:
+        target = resolve_nat_target(device, instance)
     version = ip_version(listen, connect)
     assert target.version == version
 

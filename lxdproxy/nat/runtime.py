@@ -17,6 +17,7 @@ from lxdproxy.instances.model import Instance
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.hairpin import setup_hairpin
 from lxdproxy.nat.rules import DEFAULT_TABLE, NatRuleSet, build_nat_ruleset, device_label
+from lxdproxy.nat.target import NatTarget
 from lxdproxy.netns import netns_executor
 from lxdproxy.periodic import Periodic
 
@@ -48,12 +49,14 @@ class NatRuntime:
             self._applier = NatApplier(self.net_path, self.table)
         return self._applier
 
-    async def apply(self, instance: Instance, device_name: str, device: ProxyDevice) -> NatRuleSet:
+    async def apply(self, instance: Instance, device_name: str, device: ProxyDevice,
+                    target: NatTarget | None = None) -> NatRuleSet:
         """Start a NAT device: resolve the target, enable hairpin, install the rules.
 
         Raises ``DeviceStartError`` with LXD's messages. Re-applying the same device is
         idempotent (one atomic transaction: there is no moment without the rules)."""
-        ruleset = build_nat_ruleset(device, instance, device_name, table=self.table)
+        ruleset = build_nat_ruleset(device, instance, device_name, table=self.table,
+                                    target=target)
         try:
             await asyncio.to_thread(_start_sync, self.applier, ruleset)
         except LxdError:

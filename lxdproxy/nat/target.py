@@ -80,6 +80,26 @@ def _nic_address(nic: Nic, version: int) -> IPAddress | None:
     return ip
 
 
+def dynamic_nat_nic(device: ProxyDevice, instance: Instance) -> Nic | None:
+    """``user.lxdproxy.nat_dynamic``: the NIC whose current address is the target, chosen as
+    Incus does (PR 3528): a static address of the device's IP version on a bridged/routed NIC
+    still wins (None: resolve it as LXD does); otherwise the first bridged NIC without a static
+    address of that version (in name order: Incus walks a Go map). A routed NIC has no DHCP to
+    follow. Raises DeviceStartError when no NIC qualifies."""
+    version = ip_version(device.listen, device.connect)
+    candidates = sorted((n for n in instance.nics if n.nictype in NAT_NICTYPES),
+                        key=lambda n: n.name)
+    if any(_nic_address(nic, version) is not None for nic in candidates):
+        return None
+    for nic in candidates:
+        if nic.nictype == "bridged":
+            return nic
+    raise DeviceStartError(
+        f"Instance has no static IPv{version} address and no bridged NIC whose address "
+        "user.lxdproxy.nat_dynamic could follow"
+    )
+
+
 def resolve_nat_target(device: ProxyDevice, instance: Instance) -> NatTarget:
     """Pick the instance address the NAT rules point at, or raise LXD's start error.
 

@@ -99,6 +99,15 @@ class NamespaceHelper:
         identity = reply.get("identity")
         return sock, (identity[0], identity[1]) if identity else None
 
+    async def bind_inet(self, family: int, sock_type: int, host: str, port: int, *,
+                        dual_stack: bool = False, listen_backlog: int = 4096) -> socket.socket:
+        """A tcp/udp listener bound (and listening, for tcp) by the helper, with its ids."""
+        sock = await self.arequest("bind_inet", family=int(family), type=_TYPE_NAMES[sock_type],
+                                   host=host, port=port, dual_stack=dual_stack,
+                                   backlog=listen_backlog)
+        assert sock is not None
+        return sock
+
     async def connect_unix(self, path: str, sock_type: int = socket.SOCK_STREAM,
                            timeout: float = 5.0) -> socket.socket:
         sock = await self.arequest("connect_unix", path=path, type=_TYPE_NAMES[sock_type], timeout=timeout)

@@ -158,6 +158,25 @@ def bind_unix(req: dict) -> tuple[socket.socket, dict]:
     return sock, extra
 
 
+def bind_inet(req: dict) -> socket.socket:
+    """A tcp/udp listener made by this process, so it carries this process's ids (the owner
+    in /proc/net/tcp, netfilter's skuid) and the kernel checks them (ports below
+    ip_unprivileged_port_start need CAP_NET_BIND_SERVICE)."""
+    sock = socket.socket(req["family"], TYPES[req["type"]])
+    try:
+        if req["type"] == "stream":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if req["family"] == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if req["dual_stack"] else 1)
+        sock.bind((req["host"], req["port"]))
+        if req["type"] == "stream":
+            sock.listen(req.get("backlog", 4096))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def connect_unix(req: dict) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, TYPES[req["type"]])
     sock.settimeout(req.get("timeout", 5.0))
@@ -197,7 +216,7 @@ def unlink(req: dict) -> None:
     return None
 
 
-OPS = {"bind_unix": bind_unix, "connect_unix": connect_unix, "connect_inet": connect_inet,
+OPS = {"bind_unix": bind_unix, "bind_inet": bind_inet, "connect_unix": connect_unix, "connect_inet": connect_inet,
        "socket": new_socket, "unlink": unlink}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lxdproxy.config import validate_proxy_device
+from lxdproxy.config.keys import EXT_BIND_GID, EXT_BIND_UID
 from lxdproxy.config.model import InstanceType, ProxyDevice
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.endpoints import Endpoints, remove_socket_file
@@ -340,7 +341,7 @@ class WorkerPool:
         if old.identity[0] != new.identity[0]:
             return {}
         old_cfg, new_cfg = dict(old.config), dict(new.config)
-        listen_keys = ("bind", "uid", "gid", "mode")
+        listen_keys = ("bind", "uid", "gid", "mode", EXT_BIND_UID, EXT_BIND_GID)
         if any(old_cfg.get(k) != new_cfg.get(k) for k in listen_keys):
             return {}
         try:

@@ -216,6 +216,9 @@ KEYS = [
     "type",
     "user.lxdproxy.proxy_protocol",
     "user.lxdproxy.nat_wildcard",
+    "user.lxdproxy.nat_dynamic",
+    "user.lxdproxy.security.bind_uid",
+    "user.lxdproxy.security.bind_gid",
     "user.x",
     "initial.x",
 ]
@@ -272,3 +275,69 @@ def test_fuzz_addresses(listen: str, connect: str, extra: dict) -> None:
         validate_proxy_device({"listen": listen, "connect": connect} | extra)
     except ConfigError:
         pass
+
+
+DYNAMIC = {"listen": "tcp:198.18.0.1:80", "connect": "tcp:0.0.0.0:8080", "nat": "true",
+           "user.lxdproxy.nat_dynamic": "true"}
+
+
+def test_nat_dynamic_v4() -> None:
+    device = validate_proxy_device(DYNAMIC)
+    assert device.nat and device.nat_dynamic and not device.nat_wildcard
+
+
+def test_nat_dynamic_v6() -> None:
+    device = validate_proxy_device(DYNAMIC | {"listen": "tcp:[fd42::1]:80",
+                                              "connect": "tcp:[::]:8080"})
+    assert device.nat_dynamic
+
+
+def test_nat_dynamic_refusals() -> None:
+    assert error_of(DYNAMIC | {"nat": "false"}) == "user.lxdproxy.nat_dynamic needs nat=true"
+    assert error_of({k: v for k, v in DYNAMIC.items() if k != "nat"}) == (
+        "user.lxdproxy.nat_dynamic needs nat=true")
+    assert error_of(DYNAMIC | {"connect": "tcp:198.18.0.11:8080"}) == (
+        'user.lxdproxy.nat_dynamic needs a wildcard connect address ("0.0.0.0" or "::"): '
+        "the target is the instance's current address")
+    # LXD's own rules come first: the same family on both sides.
+    assert error_of(DYNAMIC | {"connect": "tcp:[::]:8080"}) == (
+        "Cannot mix IP versions between listen and connect in nat mode")
+    assert error_of(DYNAMIC | {"user.lxdproxy.nat_dynamic": "maybe"}) == opt(
+        "user.lxdproxy.nat_dynamic", 'Invalid value for a boolean "maybe"')
+    assert not validate_proxy_device(DYNAMIC | {"user.lxdproxy.nat_dynamic": "false"}).nat_dynamic
+
+
+UNIX_LISTEN = {"listen": "unix:/run/s.sock", "connect": "tcp:127.0.0.1:80"}
+
+
+def test_bind_ids() -> None:
+    device = validate_proxy_device(UNIX_LISTEN | {"user.lxdproxy.security.bind_uid": "1000"})
+    assert (device.bind_uid, device.bind_gid, device.drops_bind_ids) == (1000, None, True)
+    device = validate_proxy_device(UNIX_LISTEN | {"user.lxdproxy.security.bind_gid": "0"})
+    assert (device.bind_uid, device.bind_gid, device.drops_bind_ids) == (None, 0, True)
+    assert not validate_proxy_device(UNIX_LISTEN).drops_bind_ids
+    both = {"user.lxdproxy.security.bind_uid": "1000", "user.lxdproxy.security.bind_gid": "50"}
+    device = validate_proxy_device(UNIX_LISTEN | both | {"uid": "1000", "gid": "50"})
+    assert (device.uid, device.gid, device.bind_uid, device.bind_gid) == (1000, 50, 1000, 50)
+    tcp = {"listen": "tcp:127.0.0.1:80", "connect": "tcp:127.0.0.1:81"}
+    assert validate_proxy_device(tcp | both).bind_uid == 1000
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "4294967296", " 1"])
+def test_bind_ids_not_an_integer(value: str) -> None:
+    for key in ("user.lxdproxy.security.bind_uid", "user.lxdproxy.security.bind_gid"):
+        assert error_of(UNIX_LISTEN | {key: value}) == opt(key, "Invalid value for a UNIX ID")
+
+
+def test_bind_ids_refusals() -> None:
+    key = "user.lxdproxy.security.bind_uid"
+    assert error_of(NAT_OK | {key: "1000"}) == (
+        f"{key} cannot be used in nat mode: the kernel forwards, no socket listens")
+    assert error_of(UNIX_LISTEN | {key: "1000", "uid": "0"}) == (
+        f'uid "0" cannot be set on a socket made by {key} "1000": only root may give a file '
+        "to another user")
+    assert error_of(UNIX_LISTEN | {key: "1000", "gid": "1000"}) == (
+        f'gid "1000" cannot be set on a socket made by {key} "1000" and '
+        'user.lxdproxy.security.bind_gid "0": only root may give a file to another group')
+    # bind_uid 0 is root: it may give the file to anyone.
+    assert validate_proxy_device(UNIX_LISTEN | {key: "0", "uid": "5", "gid": "6"}).uid == 5

@@ -101,7 +101,7 @@ async def test_get_instance_resolves_nic_from_network_and_volatile(lxd, backend)
     assert inst.pid == 8981
     assert inst.netns is None
     assert inst.nics == (Nic(name="eth0", nictype="bridged", ipv4_address="10.123.0.10",
-                             ipv6_address=None, host_name="vethe61c592e"),)
+                             ipv6_address=None, host_name="vethe61c592e", interface="eth0"),)
     # The network type is cached: a second lookup does not ask LXD again.
     await backend.get_instance("c1")
     assert net.call_count == 1
