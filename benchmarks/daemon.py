@@ -116,6 +116,16 @@ class LxdproxyDaemon:
         return procstat.memory_kib(self.pids())
 
     # -- REST ------------------------------------------------------------------------------------
+    def request_raw(self, method: str, path: str, timeout: float = 60) -> tuple[int, bytes]:
+        """A request whose answer is not JSON (``/1.0/metrics``): status and body."""
+        conn = _UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
     def request(self, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         conn = _UnixHTTPConnection(self.socket_path, timeout)
         try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import threading
 import time
 from typing import Any
 
 from benchmarks import procstat
 from benchmarks.daemon import LxdproxyDaemon
 from benchmarks.env import ECHO_PORT, BenchEnv, wait_line
-from benchmarks.peers import Forkproxy, Peer
+from benchmarks.peers import Forkproxy, Lxdproxy, Peer
 from benchmarks.sizes import Sizes
 
 GIB = 1 << 30
@@ -40,14 +41,46 @@ def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
-    """Several client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed window."""
+def bulk_scraped(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """``bulk`` while a thread scrapes ``GET /1.0/metrics`` every scrape_interval s (lxdproxy only)."""
+    if not isinstance(peer, Lxdproxy) or peer.nat:
+        raise ValueError(f"bulk_scraped runs through lxdproxy's own relays, not {peer.name}")
+    stop = threading.Event()
+    scrapes: list[float] = []
+    failures: list[str] = []
+
+    def scrape() -> None:
+        while not stop.is_set() and len(scrapes) < 10000:
+            t0 = time.monotonic()
+            status, _ = peer.daemon.request_raw("GET", "/1.0/metrics")
+            if status == 200:
+                scrapes.append((time.monotonic() - t0) * 1000)
+            elif len(failures) < 5:
+                failures.append(str(status))
+            stop.wait(max(0.0, sizes.scrape_interval - (time.monotonic() - t0)))
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        out = bulk(env, peer, sizes)
+    finally:
+        stop.set()
+        thread.join(30)
+    if failures or not scrapes:
+        raise RuntimeError(f"GET /1.0/metrics failed during bulk: {failures or 'no scrape'}")
+    return {**out, "scrapes": len(scrapes), "scrape_max_ms": max(scrapes),
+            "scrape_median_ms": statistics.median(scrapes)}
+
+
+def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str, Any]:
+    """``clients`` client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed
+    window."""
     start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
     pids = peer.cpu_pids()
     cpu0 = procstat.cpu_seconds(pids)
     procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
                              "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
-             for _ in range(sizes.connrate_clients)]
+             for _ in range(clients)]
     results = []
     for proc in procs:
         try:
