@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, report_restart, restart, workloads
+from benchmarks import document, report, report_restart, restart, workloads
 from benchmarks.daemon import LxdproxyDaemon, daemon_available
 from benchmarks.env import IPERF_PORT, REPO, BenchEnv
 from benchmarks.peers import INSTANCE_NAME, LXD, Direct, Forkproxy, Lxdproxy, LxdproxyNat, Peer, Socat
@@ -214,7 +214,7 @@ def write_outputs(results: dict[str, Any], md: Path, js: Path, png: Path | None)
     if png is not None:
         report.plot(results, summary, png)
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(report.document(results, summary, png=png, js=js, md=md))
+    md.write_text(document.document(results, summary, png=png, js=js, md=md))
     restart_summary = report_restart.summarize(results)
     return "\n\n".join(t for t in (report.markdown_table(results, summary),
                                     report.targets_table(summary, restart=restart_summary),

@@ -82,8 +82,9 @@ def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     runs = results["runs"]
     (bulk,) = runs["bulk"][peer]
     # iperf3's receiver stops counting at the end-of-test message, so bytes still buffered in a
-    # proxy are not counted: at 4 MiB that can be most of it
-    assert 0 < bulk["bytes"] <= 4 << 20 and bulk["gbit_s"] > 0
+    # proxy are not counted: at 4 MiB that can be most of it. iperf3 -n stops after the block that
+    # crosses the count, so up to one 128 KiB block more can arrive (seen through NAT).
+    assert 0 < bulk["bytes"] <= (4 << 20) + (128 << 10) and bulk["gbit_s"] > 0
     if peer in ("socat", "forkproxy", "lxdproxy"):
         assert bulk["cpu_s"] >= 0
     for n in SMOKE.connrate_clients:
