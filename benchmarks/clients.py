@@ -46,6 +46,7 @@ def connrate(host: str, port: int, start_at: float, seconds: float) -> dict:
     end = start_at + seconds
     done = errors = 0
     last_error = ""
+    cpu0 = time.process_time()
     now = time.monotonic()
     while now < end and errors < MAX_ERRORS:
         try:
@@ -57,7 +58,8 @@ def connrate(host: str, port: int, start_at: float, seconds: float) -> dict:
             errors += 1
             last_error = str(exc)
         now = time.monotonic()
-    return {"connections": done, "errors": errors, "seconds": now - start_at, "last_error": last_error}
+    return {"connections": done, "errors": errors, "seconds": now - start_at, "last_error": last_error,
+            "cpu_s": time.process_time() - cpu0}
 
 
 def latency(host: str, port: int, requests: int, warmup: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report_restart
-from benchmarks.report import markdown_table, memory_table, scrape_table, targets_table
+from benchmarks.report import markdown_table, memory_breakdown, memory_table, scrape_table, targets_table
 
 
 def _round_loads(meta: dict[str, Any]) -> str:
@@ -42,7 +42,7 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         f"LXD {meta.get('lxd') or '–'}, {meta.get('iperf3') or ''}, {meta.get('socat') or ''}.",
         "",
         f"> **Load caveat**: load average {la0[0]:.2f} at the start and {la1[0]:.2f} at the end "
-        f"(1-minute){_round_loads(meta)}. On the 2-core development VM other jobs (the team's test "
+        f"(1-minute){_round_loads(meta)}. On the 2-core development VM other jobs (the lead's test "
         f"suites, other agents' labs) were running at the same time, so absolute numbers are noisy and "
         f"lower than on an idle machine. Every peer ran in the same run, interleaved round by round, so "
         f"the **ratios** are the meaningful part.",
@@ -77,7 +77,7 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         parts += ["### Memory (MiB)", "",
                   "0 devices = the daemon with its API up and no device. PSS splits shared pages (the "
                   "binary's text, libraries) between the processes that map them.", "",
-                  memory_table(results), ""]
+                  memory_table(results), "", memory_breakdown(results), ""]
     if png is not None:
         parts += [f"![benchmark plot]({_rel(png, here)})", ""]
     analysis = Path(__file__).with_name("analysis.md")

@@ -38,6 +38,10 @@ METRICS = [
            "CPU µs", False),
     Metric("cpu_per_conn_4", "connrate_4", "cpu_us_per_conn", "Proxy CPU per connection, 4 clients",
            "CPU µs", False),
+    Metric("conn_machine_2", "connrate_2", "machine_cpu_us_per_conn",
+           "Machine CPU per connection (every process and the kernel), 2 clients", "CPU µs", False),
+    Metric("conn_machine_4", "connrate_4", "machine_cpu_us_per_conn",
+           "Machine CPU per connection (every process and the kernel), 4 clients", "CPU µs", False),
     Metric("lat_p50", "latency", "p50_us", "Request/response latency p50", "µs", False),
     Metric("lat_p99", "latency", "p99_us", "Request/response latency p99", "µs", False),
     Metric("udp_pps", "udp", "rx_pps", "UDP 64 B received", "pps", True),
@@ -200,6 +204,20 @@ def memory_table(results: dict[str, Any]) -> str:
         procs = a.get("processes", "–") if isinstance(a, dict) else "–"
         lines.append(f"| {n:,} | {cell(a, 'rss_kib')} | {cell(a, 'pss_kib')} | {procs} | "
                      f"{cell(b, 'rss_kib')} | {cell(b, 'pss_kib')} |")
+    return "\n".join(lines)
+
+
+def memory_breakdown(results: dict[str, Any]) -> str:
+    """One line per device count: RSS of the control plane and of each worker."""
+    lines = []
+    for n, point in sorted(((int(k), v) for k, v in results.get("memory", {}).get("lxdproxy", {}).items()
+                            if k.isdigit() and isinstance(v, dict) and v.get("by_process"))):
+        parts = []
+        for proc in point["by_process"]:
+            role = "worker" if "worker_main" in proc["cmd"] else "control plane" if " serve" in proc[
+                "cmd"] else proc["cmd"].split(" ")[0]
+            parts.append(f"{role} {fmt(proc['rss_kib'] / MB)} (PSS {fmt(proc['pss_kib'] / MB)})")
+        lines.append(f"- {n:,} devices, MiB RSS: " + ", ".join(parts))
     return "\n".join(lines)
 
 

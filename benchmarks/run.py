@@ -234,7 +234,17 @@ def main(argv: list[str] | None = None) -> int:
                    "full run records into docs/ and docs/img/; other sizes into "
                    "benchmarks/results/<size>/, which git ignores)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="run nothing: write the document (and plot) again from recorded raw results, "
+                        "e.g. after editing benchmarks/analysis.md")
     args = p.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        md, png = args.render.parent / "benchmarks.md", args.render.with_suffix(".png")
+        if args.render.resolve() == (REPO / "docs/img/benchmarks.json").resolve():
+            md = REPO / "docs/benchmarks.md"
+        print(write_outputs(results, md, args.render, None if args.no_plot else png))
+        return 0
     if os.geteuid() != 0:
         print("scripts/bench: needs root (it builds network namespaces)", file=sys.stderr)
         return 1

@@ -77,7 +77,9 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str,
     window."""
     start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
     pids = peer.cpu_pids()
-    cpu0 = procstat.cpu_seconds(pids)
+    server = [env.echo_pid] if env.echo_pid else []
+    cpu0, server0 = procstat.cpu_seconds(pids), procstat.cpu_seconds(server)
+    busy0, total0 = procstat.machine_ticks()
     procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
                              "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
              for _ in range(clients)]
@@ -90,12 +92,19 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str,
                 p.kill()
             raise RuntimeError("connrate client overran its window") from None
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    busy1, total1 = procstat.machine_ticks()
     done = sum(r["connections"] for r in results)
     errors = sum(r["errors"] for r in results)
     window = max(r["seconds"] for r in results)
     if done == 0:
         raise RuntimeError(f"no connection completed: {results[0]['last_error']}")
-    out = {"conn_s": done / window, "connections": done, "errors": errors, "clients": len(results)}
+    out = {"conn_s": done / window, "connections": done, "errors": errors, "clients": len(results),
+           # where the machine's CPU went, per connection: what bounds conn/s when every core is
+           # busy (the clients and the echo server share the cores with the proxy)
+           "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0),
+           "machine_cpu_us_per_conn": (busy1 - busy0) / procstat.TICK / done * 1e6,
+           "client_cpu_us_per_conn": sum(r["cpu_s"] for r in results) / done * 1e6,
+           "server_cpu_us_per_conn": (procstat.cpu_seconds(server) - server0) / done * 1e6}
     if not peer.in_kernel:  # proxy CPU over the window (plus client start-up; the proxy idles then)
         out["cpu_us_per_conn"] = (procstat.cpu_seconds(pids) - cpu0) / done * 1e6
     return out
@@ -203,7 +212,8 @@ def memory_lxdproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
             have = n
             check = _probe_now(env, env.host.ipv4, 20000 + n - 1)
             time.sleep(sizes.settle_seconds)
-            out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check}
+            out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check,
+                           "by_process": procstat.memory_by_process(daemon.pids())}
     finally:
         daemon.stop()
     return out
