@@ -90,8 +90,8 @@ def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     for n in SMOKE.connrate_clients:
         (conn,) = runs[f"connrate_{n}"][peer]
         assert conn["connections"] > 0 and conn["errors"] == 0 and conn["clients"] == n
+        # (the echo server's share is in clock ticks: it can read 0 at this size)
         assert conn["machine_cpu_us_per_conn"] > 0 and conn["client_cpu_us_per_conn"] > 0
-        assert conn["server_cpu_us_per_conn"] > 0
     if peer == "lxdproxy":
         (scraped,) = runs["bulk_scraped"][peer]
         assert scraped["gbit_s"] > 0 and scraped["scrapes"] >= 1
