@@ -82,7 +82,7 @@ def memory_by_process(pids: list[int]) -> list[dict[str, int | str]]:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (FileNotFoundError, ProcessLookupError):
             continue
-        out.append({"pid": p, "cmd": cmd.strip()[-120:], "rss_kib": _status_kib(p, "VmRSS"),
+        out.append({"pid": p, "cmd": cmd.strip()[:160], "rss_kib": _status_kib(p, "VmRSS"),
                     "pss_kib": _pss_kib(p)})
     return out
 

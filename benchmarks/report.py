@@ -213,11 +213,11 @@ def memory_breakdown(results: dict[str, Any]) -> str:
     for n, point in sorted(((int(k), v) for k, v in results.get("memory", {}).get("lxdproxy", {}).items()
                             if k.isdigit() and isinstance(v, dict) and v.get("by_process"))):
         parts = []
-        for proc in point["by_process"]:
-            role = "worker" if "worker_main" in proc["cmd"] else "control plane" if " serve" in proc[
-                "cmd"] else proc["cmd"].split(" ")[0]
+        for i, proc in enumerate(point["by_process"]):  # daemon.pids(): the control plane first
+            role = "control plane" if i == 0 else "worker" if (
+                "worker_main" in proc["cmd"] or "--generation" in proc["cmd"]) else proc["cmd"][:40]
             parts.append(f"{role} {fmt(proc['rss_kib'] / MB)} (PSS {fmt(proc['pss_kib'] / MB)})")
-        lines.append(f"- {n:,} devices, MiB RSS: " + ", ".join(parts))
+        lines.append(f"- {n:,} device{'s' if n != 1 else ''}, MiB RSS: " + ", ".join(parts))
     return "\n".join(lines)
 
 
