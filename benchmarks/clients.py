@@ -9,6 +9,11 @@ Each prints one JSON object on stdout. Every loop is bounded in count and in tim
 - ``probe HOST PORT --timeout S``: prints ``READY``, waits for a line on stdin, then tries to get one
   byte echoed back through HOST:PORT as often as it can; reports the CLOCK_MONOTONIC time of the first
   echoed byte (for device-add latency: the driver notes the time just before its REST call).
+- ``restart HOST PORT --interval I --max-seconds S``: two threads, each every I seconds: one opens a
+  new connection (connect, 64-byte request, 64-byte reply, close), the other echoes 64 bytes on one
+  held connection (re-opened after a break). Prints ``READY`` once both have succeeded once, runs
+  until a line arrives on stdin (or S passes), then reports refused/failed connects, the longest gap
+  between successful connects and between held echoes, and the held connection's breaks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import errno
 import json
 import socket
 import sys
+import threading
 import time
 
 PAYLOAD = b"x" * 64
@@ -40,6 +46,7 @@ def connrate(host: str, port: int, start_at: float, seconds: float) -> dict:
     end = start_at + seconds
     done = errors = 0
     last_error = ""
+    cpu0 = time.process_time()
     now = time.monotonic()
     while now < end and errors < MAX_ERRORS:
         try:
@@ -51,7 +58,8 @@ def connrate(host: str, port: int, start_at: float, seconds: float) -> dict:
             errors += 1
             last_error = str(exc)
         now = time.monotonic()
-    return {"connections": done, "errors": errors, "seconds": now - start_at, "last_error": last_error}
+    return {"connections": done, "errors": errors, "seconds": now - start_at, "last_error": last_error,
+            "cpu_s": time.process_time() - cpu0}
 
 
 def latency(host: str, port: int, requests: int, warmup: int) -> dict:
@@ -102,6 +110,87 @@ def probe(host: str, port: int, timeout: float, interval: float) -> dict:
     return {"error": f"no echoed byte within {timeout}s ({attempts} attempts) {last_error}".strip()}
 
 
+def _exchange(sock: socket.socket) -> None:
+    sock.sendall(PAYLOAD)
+    if _recv_exact(sock, len(PAYLOAD)) != PAYLOAD:
+        raise ConnectionError("the echo differs from what was sent")
+
+
+class _Every:
+    """Run ``once`` every ``interval`` s until ``stop``; count outcomes and the longest gap between
+    successes (the gap starts at the first success, so start-up is not counted)."""
+
+    def __init__(self, once: object, interval: float, stop: threading.Event) -> None:
+        self.once, self.interval, self.stop = once, interval, stop
+        self.ok = self.refused = self.failed = 0
+        self.longest_gap_ms = 0.0
+        self.errors: list[str] = []
+        self.first_ok = threading.Event()
+
+    def run(self) -> None:
+        last_ok: float | None = None
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self.once()  # type: ignore[operator]
+            except ConnectionRefusedError:
+                self.refused += 1
+            except OSError as exc:
+                self.failed += 1
+                if len(self.errors) < 5:
+                    self.errors.append(repr(exc))
+            else:
+                now = time.monotonic()
+                if last_ok is not None:
+                    self.longest_gap_ms = max(self.longest_gap_ms, (now - last_ok) * 1000)
+                last_ok = now
+                self.ok += 1
+                self.first_ok.set()
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def restart(host: str, port: int, interval: float, max_seconds: float) -> dict:
+    stop = threading.Event()
+
+    def connect_once() -> None:
+        with socket.create_connection((host, port), timeout=3) as s:
+            _exchange(s)
+
+    held: list[socket.socket] = []
+    breaks = 0
+
+    def held_once() -> None:
+        nonlocal breaks
+        if not held:
+            held.append(socket.create_connection((host, port), timeout=3))
+        try:
+            _exchange(held[0])
+        except OSError:
+            breaks += 1
+            held.pop().close()
+            raise
+
+    loops = [_Every(connect_once, interval, stop), _Every(held_once, interval, stop)]
+    threads = [threading.Thread(target=loop.run, daemon=True) for loop in loops]
+    for t in threads:
+        t.start()
+    if not all(loop.first_ok.wait(10) for loop in loops):
+        stop.set()
+        return {"error": f"no successful exchange within 10 s: {loops[0].errors + loops[1].errors}"}
+    print("READY", flush=True)
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    stop.wait(max_seconds)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    conn, echo = loops
+    return {"connects": conn.ok + conn.refused + conn.failed, "ok": conn.ok, "refused": conn.refused,
+            "failed": conn.failed, "longest_gap_ms": conn.longest_gap_ms,
+            "held_echoes": echo.ok, "held_breaks": breaks, "held_reopen_failures": echo.refused
+            + echo.failed - breaks, "held_longest_gap_ms": echo.longest_gap_ms,
+            "errors": conn.errors + echo.errors}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.clients")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -120,8 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("port", type=int)
     pr.add_argument("--timeout", type=float, default=5.0)
     pr.add_argument("--interval", type=float, default=0.0005)
+    rs = sub.add_parser("restart")
+    rs.add_argument("host")
+    rs.add_argument("port", type=int)
+    rs.add_argument("--interval", type=float, default=0.02)
+    rs.add_argument("--max-seconds", type=float, default=120.0)
     args = p.parse_args(argv)
-    if args.cmd == "connrate":
+    if args.cmd == "restart":
+        out = restart(args.host, args.port, args.interval, args.max_seconds)
+    elif args.cmd == "connrate":
         out = connrate(args.host, args.port, args.start_at, args.seconds)
     elif args.cmd == "latency":
         out = latency(args.host, args.port, args.requests, args.warmup)

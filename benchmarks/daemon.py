@@ -47,8 +47,9 @@ class LxdproxyDaemon:
     """`lxdproxy serve --state-dir <tmp>` started with lab.host.popen, so its own netns is the lab host
     (its listeners and its NAT table live there, never in the machine's namespace)."""
 
-    def __init__(self, lab: Any, *, label: str = "bench") -> None:
+    def __init__(self, lab: Any, *, label: str = "bench", extra_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
+        self.extra_args = list(extra_args)  # e.g. ("--workers", "0")
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"lxdproxy-{label}-"))
         self.socket_path = str(self.state_dir / "unix.socket")
         self.log_path = self.state_dir / "daemon.log"
@@ -58,7 +59,8 @@ class LxdproxyDaemon:
     def start(self, timeout: float = 20.0) -> None:
         from lab.daemon import start_in_lab_host  # the one way tests start it too
 
-        argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir)]
+        argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir),
+                *self.extra_args]
         try:
             self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout)
         except RuntimeError as exc:
@@ -75,6 +77,23 @@ class LxdproxyDaemon:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def kill9(self) -> None:
+        """SIGKILL the control plane (the workers, in their own session, are not signalled)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def reload(self, timeout: float = 60.0) -> None:
+        """``lxdproxy reload``: new workers take the listeners, the old ones drain."""
+        done = subprocess.run([sys.executable, "-m", "lxdproxy.cli", "reload", "--socket",
+                               self.socket_path, "--timeout", str(timeout)],
+                              capture_output=True, timeout=timeout + 5)
+        if done.returncode != 0:
+            raise DaemonError(f"lxdproxy reload failed ({done.returncode}): "
+                              f"{done.stderr.decode(errors='replace').strip()[-300:]}")
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -97,6 +116,16 @@ class LxdproxyDaemon:
         return procstat.memory_kib(self.pids())
 
     # -- REST ------------------------------------------------------------------------------------
+    def request_raw(self, method: str, path: str, timeout: float = 60) -> tuple[int, bytes]:
+        """A request whose answer is not JSON (``/1.0/metrics``): status and body."""
+        conn = _UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
     def request(self, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         conn = _UnixHTTPConnection(self.socket_path, timeout)
         try:

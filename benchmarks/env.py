@@ -65,6 +65,7 @@ class BenchEnv:
         self.host = lab.host
         self.inst = lab.add_instance(name="bench")
         self.python = sys.executable  # the venv's: uvloop for the echo server; never leaves the lab
+        self.echo_pid: int | None = None  # the echo server (its workers are its children)
         for path in (self.host.path, self.inst.namespaces.net):
             netns_executor(path).call(_write_sysctls)
 
@@ -77,6 +78,7 @@ class BenchEnv:
                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_python_env(),
                                cwd=str(REPO))
         wait_line(echo, "READY", 15, "echo server")
+        self.echo_pid = echo.pid
         for port in iperf_ports:
             self.wait_listening(self.inst, "tcp", port, 10)
 

@@ -168,9 +168,12 @@ class Forkproxy(_Processes):
                 time.sleep(0.01)
         return self.anchor.pid
 
-    def spawn(self, listen: str, connect: str, *, wait: bool = True) -> subprocess.Popen[Any]:
-        argv = [LXD, "forkproxy", "--", str(self._anchor_pid()), "-1", listen,
+    def argv(self, listen: str, connect: str) -> list[str]:
+        return [LXD, "forkproxy", "--", str(self._anchor_pid()), "-1", listen,
                 str(self.env.inst.pid), "-1", connect, "", "", "0644", "", "", ""]
+
+    def spawn(self, listen: str, connect: str, *, wait: bool = True) -> subprocess.Popen[Any]:
+        argv = self.argv(listen, connect)
         log = self.logdir / f"{len(self.procs) + len(self.extra)}-{listen.replace(':', '_')}.log"
         with open(log, "wb") as out:  # a file, not a pipe: forkproxy writes a warning per failed dial
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,

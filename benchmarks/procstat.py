@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -40,7 +40,7 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         # after the ")": state is field 3, utime/stime/cutime/cstime are fields 14..17
         total += sum(int(x) for x in fields[11:15])
-    return total / _TICK
+    return total / TICK
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -72,6 +72,19 @@ def memory_kib(pids: list[int]) -> dict[str, int]:
         "pss_kib": sum(_pss_kib(p) for p in procs),
         "processes": len(procs),
     }
+
+
+def memory_by_process(pids: list[int]) -> list[dict[str, int | str]]:
+    """VmRSS/Pss of each process of each pid's tree, with its command line (trimmed)."""
+    out: list[dict[str, int | str]] = []
+    for p in dict.fromkeys(p for root in pids for p in tree(root)):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out.append({"pid": p, "cmd": cmd.strip()[:160], "rss_kib": _status_kib(p, "VmRSS"),
+                    "pss_kib": _pss_kib(p)})
+    return out
 
 
 def machine_ticks() -> tuple[int, int]:

@@ -1,10 +1,12 @@
-"""Profile a proxy under one workload: ``python -m benchmarks.profile connrate``.
+"""Profile a proxy under one workload: ``python -m benchmarks.profile connrate_2``.
 
-Builds the lab and one peer, runs the workload in a loop while ``py-spy record`` samples the lxdproxy
-daemon (``pip install py-spy``), then prints the hottest frames by self and by inclusive samples; the
-collapsed stacks (flamegraph input) are kept in the --out directory. With ``--strace`` it counts the
-peer's system calls instead (``strace -c -f``; any peer but direct/NAT) and prints them per unit of
-work (per connection, per datagram, per MiB), which is how two proxies' per-event costs compare.
+Builds the lab and one peer, runs the workload in a loop while ``py-spy record`` samples one of
+lxdproxy's data-plane workers (``--control-plane``: the control plane; ``pip install py-spy``),
+then prints the hottest frames by self and by inclusive samples; the collapsed stacks (flamegraph
+input) are kept in the --out directory. With ``--strace`` it counts the peer's system calls
+instead (``strace -c -f``, every process of the peer; any peer but direct/NAT) and prints them
+per unit of work (per connection, per datagram, per MiB), which is how two proxies' per-event
+costs compare.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def strace_summary(path: Path, per: float, unit: str, top: int = 20) -> str:
 
 
 def _units(workload: str, res: dict) -> tuple[float, str]:
-    if workload == "connrate":
+    if workload.startswith("connrate"):
         return res["connections"], "connection"
     if workload == "udp":
         return res["received"], "datagram received"
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--strace", action="store_true", help="count system calls instead of sampling")
     p.add_argument("--peer", default="lxdproxy", choices=["lxdproxy", "forkproxy", "socat"])
+    p.add_argument("--control-plane", action="store_true",
+                   help="py-spy samples the control plane instead of the first worker")
     args = p.parse_args(argv)
     tool = shutil.which("strace") if args.strace else (
         shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 for pid in pids:
                     cmd += ["-p", str(pid)]
             else:
-                cmd = [tool, "record", "-p", str(pids[0]), "-d", str(int(args.seconds) + 2), "-r",
+                # pids: the control plane, then its workers (which do the forwarding)
+                target = pids[0] if args.control_plane or len(pids) == 1 else pids[1]
+                cmd = [tool, "record", "-p", str(target), "-d", str(int(args.seconds) + 2), "-r",
                        "250", "-f", "raw", "-o", str(out_file), "--threads"]
                 # --native must pause the process to unwind C stacks; otherwise sample without pausing
                 cmd.append("--native" if args.native else "--nonblocking")

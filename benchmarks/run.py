@@ -15,10 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, workloads
+from benchmarks import document, report, report_restart, restart, workloads
 from benchmarks.daemon import LxdproxyDaemon, daemon_available
 from benchmarks.env import IPERF_PORT, REPO, BenchEnv
 from benchmarks.peers import INSTANCE_NAME, LXD, Direct, Forkproxy, Lxdproxy, LxdproxyNat, Peer, Socat
@@ -26,11 +27,26 @@ from benchmarks.sizes import BY_NAME, FULL, QUICK, Sizes
 
 WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
     "bulk": workloads.bulk,
-    "connrate": workloads.connrate,
+    "bulk_scraped": workloads.bulk_scraped,  # the metrics row: right after the unscraped bulk runs
+    "connrate_2": partial(workloads.connrate, clients=2),
+    "connrate_4": partial(workloads.connrate, clients=4),
     "latency": workloads.latency,
     "udp": workloads.udp,
 }
-EXTRA_WORKLOADS = ("device_add", "memory")
+ONLY_PEERS = {"bulk_scraped": ("lxdproxy",)}
+EXTRA_WORKLOADS = ("device_add", "memory", "restart")
+
+
+def _wanted(workload: str, chosen: list[str], sizes: Sizes) -> bool:
+    """``--workloads connrate`` selects every connrate_N; connrate_N runs for the N in sizes."""
+    family, _, clients = workload.partition("_")
+    if family == "connrate" and int(clients) not in sizes.connrate_clients:
+        return False
+    return workload in chosen or family in chosen
+
+
+def _applies(workload: str, peer: str) -> bool:
+    return peer in ONLY_PEERS.get(workload, (peer,))
 BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000}
 IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
@@ -90,7 +106,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     names = [p for p in wanted if p not in unavailable]
     chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
     results: dict[str, Any] = {"meta": _meta(sizes), "peers": [], "skipped": skipped, "runs": {},
-                               "device_add": {}, "memory": {}, "errors": []}
+                               "device_add": {}, "memory": {}, "restart": {}, "errors": []}
     env = BenchEnv(lab)
     env.start_servers(tuple(IPERF_PORTS[p] for p in names))
     daemon = None
@@ -119,7 +135,8 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                 continue
             started.append(peer)
         results["peers"] = names = [p.name for p in started]
-        results["runs"] = {w: {p: [] for p in names} for w in WORKLOADS if w in chosen}
+        results["runs"] = {w: {p: [] for p in names if _applies(w, p)}
+                           for w in WORKLOADS if _wanted(w, chosen, sizes)}
         if not started:
             raise RuntimeError(f"no peer could run: {skipped}")
         log(f"peers up: {', '.join(names)}" + (f"; skipped: {skipped}" if skipped else ""))
@@ -138,12 +155,13 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             return res
 
         for rnd in range(sizes.rounds):
-            log(f"round {rnd + 1}/{sizes.rounds}")
+            log(f"round {rnd + 1}/{sizes.rounds} (load average {os.getloadavg()[0]:.2f})")
+            results["meta"].setdefault("loadavg_rounds", []).append(os.getloadavg())
             order = started[rnd % len(started):] + started[:rnd % len(started)]
             for wname, fn in WORKLOADS.items():
-                if wname not in chosen:
+                if wname not in results["runs"]:
                     continue
-                for peer in order:
+                for peer in [p for p in order if _applies(wname, p.name)]:
                     res = attempt(f"{wname} {peer.name}",
                                   lambda fn=fn, peer=peer: fn(env, peer, sizes))  # type: ignore[misc]
                     results["runs"][wname][peer.name].append(res)
@@ -159,6 +177,9 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             if "forkproxy" in names:
                 results["memory"]["forkproxy"] = attempt(
                     "memory forkproxy", lambda: workloads.memory_forkproxy(env, sizes))
+        if "restart" in chosen and ({"lxdproxy", "forkproxy"} & set(names)):
+            results["restart"] = attempt("restart", lambda: restart.restart(
+                env, sizes, lxdproxy="lxdproxy" in names, forkproxy="forkproxy" in names))
     finally:
         for peer in started:
             peer.stop()
@@ -176,6 +197,11 @@ def _brief(res: Any) -> str:
     keys = ("gbit_s", "cpu_s_per_gib", "conn_s", "cpu_us_per_conn", "p50_us", "p99_us", "rx_pps",
             "loss_pct", "cpu_us_per_datagram", "median_ms")
     shown = {k: res[k] for k in keys if res.get(k) is not None}
+    if "trials" in res:
+        return "; ".join(f"{name}: refused {sum(t['refused'] for t in ts)}, failed "
+                         f"{sum(t['failed'] for t in ts)}, held breaks {sum(t['held_breaks'] for t in ts)}, "
+                         f"gap {max(t['longest_gap_ms'] for t in ts):.0f} ms"
+                         for name, ts in res["trials"].items())
     if not shown:
         shown = {n: round(v["rss_kib"] / 1024, 1) for n, v in res.items() if isinstance(v, dict)}
     return ", ".join(f"{k}={report.fmt(v)}" for k, v in shown.items())
@@ -188,8 +214,12 @@ def write_outputs(results: dict[str, Any], md: Path, js: Path, png: Path | None)
     if png is not None:
         report.plot(results, summary, png)
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(report.document(results, summary, png=png, js=js, md=md))
-    return report.markdown_table(results, summary) + "\n\n" + report.targets_table(summary)
+    md.write_text(document.document(results, summary, png=png, js=js, md=md))
+    restart_summary = report_restart.summarize(results)
+    return "\n\n".join(t for t in (report.markdown_table(results, summary),
+                                    report.targets_table(summary, restart=restart_summary),
+                                    report_restart.table(results, restart_summary),
+                                    report.scrape_table(results)) if t)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +234,17 @@ def main(argv: list[str] | None = None) -> int:
                    "full run records into docs/ and docs/img/; other sizes into "
                    "benchmarks/results/<size>/, which git ignores)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="run nothing: write the document (and plot) again from recorded raw results, "
+                        "e.g. after editing benchmarks/analysis.md")
     args = p.parse_args(argv)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        md, png = args.render.parent / "benchmarks.md", args.render.with_suffix(".png")
+        if args.render.resolve() == (REPO / "docs/img/benchmarks.json").resolve():
+            md = REPO / "docs/benchmarks.md"
+        print(write_outputs(results, md, args.render, None if args.no_plot else png))
+        return 0
     if os.geteuid() != 0:
         print("scripts/bench: needs root (it builds network namespaces)", file=sys.stderr)
         return 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import threading
 import time
 from typing import Any
 
 from benchmarks import procstat
 from benchmarks.daemon import LxdproxyDaemon
 from benchmarks.env import ECHO_PORT, BenchEnv, wait_line
-from benchmarks.peers import Forkproxy, Peer
+from benchmarks.peers import Forkproxy, Lxdproxy, Peer
 from benchmarks.sizes import Sizes
 
 GIB = 1 << 30
@@ -40,14 +41,48 @@ def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
-    """Several client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed window."""
+def bulk_scraped(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+    """``bulk`` while a thread scrapes ``GET /1.0/metrics`` every scrape_interval s (lxdproxy only)."""
+    if not isinstance(peer, Lxdproxy) or peer.nat:
+        raise ValueError(f"bulk_scraped runs through lxdproxy's own relays, not {peer.name}")
+    stop = threading.Event()
+    scrapes: list[float] = []
+    failures: list[str] = []
+
+    def scrape() -> None:
+        while not stop.is_set() and len(scrapes) < 10000:
+            t0 = time.monotonic()
+            status, _ = peer.daemon.request_raw("GET", "/1.0/metrics")
+            if status == 200:
+                scrapes.append((time.monotonic() - t0) * 1000)
+            elif len(failures) < 5:
+                failures.append(str(status))
+            stop.wait(max(0.0, sizes.scrape_interval - (time.monotonic() - t0)))
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        out = bulk(env, peer, sizes)
+    finally:
+        stop.set()
+        thread.join(30)
+    if failures or not scrapes:
+        raise RuntimeError(f"GET /1.0/metrics failed during bulk: {failures or 'no scrape'}")
+    return {**out, "scrapes": len(scrapes), "scrape_max_ms": max(scrapes),
+            "scrape_median_ms": statistics.median(scrapes)}
+
+
+def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str, Any]:
+    """``clients`` client processes, each: connect, 64-byte request, 64-byte reply, close; for a fixed
+    window."""
     start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
     pids = peer.cpu_pids()
-    cpu0 = procstat.cpu_seconds(pids)
+    server = [env.echo_pid] if env.echo_pid else []
+    cpu0, server0 = procstat.cpu_seconds(pids), procstat.cpu_seconds(server)
+    busy0, total0 = procstat.machine_ticks()
     procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
                              "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
-             for _ in range(sizes.connrate_clients)]
+             for _ in range(clients)]
     results = []
     for proc in procs:
         try:
@@ -57,12 +92,19 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
                 p.kill()
             raise RuntimeError("connrate client overran its window") from None
         results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    busy1, total1 = procstat.machine_ticks()
     done = sum(r["connections"] for r in results)
     errors = sum(r["errors"] for r in results)
     window = max(r["seconds"] for r in results)
     if done == 0:
         raise RuntimeError(f"no connection completed: {results[0]['last_error']}")
-    out = {"conn_s": done / window, "connections": done, "errors": errors, "clients": len(results)}
+    out = {"conn_s": done / window, "connections": done, "errors": errors, "clients": len(results),
+           # where the machine's CPU went, per connection: what bounds conn/s when every core is
+           # busy (the clients and the echo server share the cores with the proxy)
+           "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0),
+           "machine_cpu_us_per_conn": (busy1 - busy0) / procstat.TICK / done * 1e6,
+           "client_cpu_us_per_conn": sum(r["cpu_s"] for r in results) / done * 1e6,
+           "server_cpu_us_per_conn": (procstat.cpu_seconds(server) - server0) / done * 1e6}
     if not peer.in_kernel:  # proxy CPU over the window (plus client start-up; the proxy idles then)
         out["cpu_us_per_conn"] = (procstat.cpu_seconds(pids) - cpu0) / done * 1e6
     return out
@@ -170,7 +212,8 @@ def memory_lxdproxy(env: BenchEnv, sizes: Sizes) -> dict[str, Any]:
             have = n
             check = _probe_now(env, env.host.ipv4, 20000 + n - 1)
             time.sleep(sizes.settle_seconds)
-            out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check}
+            out[str(n)] = {**daemon.memory_kib(), "add_seconds": add_s, "probe": check,
+                           "by_process": procstat.memory_by_process(daemon.pids())}
     finally:
         daemon.stop()
     return out
