@@ -22,11 +22,10 @@ import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from lxdproxy.api import tls
 from lxdproxy.api.app import create_app
 from lxdproxy.api.internal import InternalControl, add_internal_routes
 from lxdproxy.api.metrics import device_collector
@@ -37,7 +36,6 @@ from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import LocalBackend
-from lxdproxy.instances.lxd import LxdBackend
 from lxdproxy.manager.runtime import DeviceRuntime
 from lxdproxy.manager.service import DeviceManager
 from lxdproxy.nat.rules import DEFAULT_TABLE
@@ -48,6 +46,9 @@ from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 from lxdproxy.warning_registry import WarningRegistry
 from lxdproxy.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from lxdproxy.api.tls import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ async def build_components(config: DaemonConfig, store: Store, *,
     plane left running. ``fd_limit``: the fds the process may use (None: its soft limit)."""
     backend: InstanceBackend
     if config.lxd:
+        # Imported only here: pylxd (requests, cryptography) costs the control plane ~10 MiB of
+        # RSS that the embedded default never needs.
+        from lxdproxy.instances.lxd import LxdBackend
+
         backend = LxdBackend(config.lxd, store, poll_interval=config.lxd_poll_interval)
     else:
         backend = LocalBackend(store, poll_interval=config.local_poll_interval)
@@ -173,7 +178,7 @@ async def build_components(config: DaemonConfig, store: Store, *,
 
 
 def build_app(components: Components, *, info: dict[str, Any] | None = None,
-              trust: tls.TrustStore | None = None,
+              trust: TrustStore | None = None,
               control: InternalControl | None = None) -> web.Application:
     """The API over ``components``; ``info``: TLS certificate and addresses for GET /1.0;
     ``control``: the daemon's own /internal endpoints."""
@@ -268,7 +273,9 @@ class Daemon:
         return self.components is not None and self.components.pool is not None \
             and not self.full_stop
 
-    def _tls(self, address: tuple[str, int]) -> tuple[tls.TrustStore, Any, dict[str, Any]]:
+    def _tls(self, address: tuple[str, int]) -> tuple[TrustStore, Any, dict[str, Any]]:
+        from lxdproxy.api import tls  # cryptography: only a daemon serving HTTPS needs it
+
         state_dir = self.config.state_dir
         ssl_ctx = tls.server_ssl_context(state_dir)
         host, port = address
