@@ -50,6 +50,15 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "datagrams_dropped": ("lxdproxy_device_datagrams_dropped",
                           "Datagrams discarded either way (queue full, send failed)"),
 }
+# NAT devices have no relays: their counters are nft's on their DNAT rules, which a NAT chain
+# only sees for the first packet of each flow (conntrack translates the rest).
+NAT_COUNTERS: dict[str, tuple[str, str]] = {
+    "nat_packets": ("lxdproxy_nat_packets",
+                    "Packets that hit the NAT device's DNAT rules (each flow's first packet)"),
+    "nat_bytes": ("lxdproxy_nat_bytes",
+                  "Bytes of the packets that hit the NAT device's DNAT rules"),
+}
+TOTAL_FIELDS = (*COUNTER_FIELDS, *NAT_COUNTERS)  # every field CounterTotals keeps monotonic
 GAUGES: dict[str, tuple[str, str]] = {
     "connections_active": ("lxdproxy_device_connections_active",
                            "Connections open now (being dialled or relayed)"),
@@ -98,13 +107,13 @@ class CounterTotals:
                     self._retire(key, last.pop(key))
             for key, snapshot in devices.items():
                 prev = last.get(key)
-                counters = {f: float(snapshot.get(f, 0)) for f in COUNTER_FIELDS}
+                counters = {f: float(snapshot.get(f, 0)) for f in TOTAL_FIELDS}
                 if prev is not None:
                     # A count below the last one: the device restarted in that source.
-                    self._retire(key, {f: prev[f] for f in COUNTER_FIELDS if counters[f] < prev[f]})
+                    self._retire(key, {f: prev[f] for f in TOTAL_FIELDS if counters[f] < prev[f]})
                 last[key] = counters
-                total = totals.setdefault(key, dict.fromkeys((*COUNTER_FIELDS, *GAUGE_FIELDS), 0.0))
-                for f in COUNTER_FIELDS:
+                total = totals.setdefault(key, dict.fromkeys((*TOTAL_FIELDS, *GAUGE_FIELDS), 0.0))
+                for f in TOTAL_FIELDS:
                     total[f] += counters[f]
                 for f in GAUGE_FIELDS:
                     total[f] += float(snapshot.get(f, 0))
@@ -124,19 +133,20 @@ class CounterTotals:
 
 @dataclass(frozen=True)
 class DeviceReading:
-    """One device at one scrape. ``values`` is None for a device without relay counters (NAT,
-    or not running)."""
+    """One device at one scrape. ``values`` is None for a device that is not running; ``nat``
+    says which counters it has (nft's, or the relays')."""
 
     labels: DeviceLabels
     up: bool
     values: Mapping[str, float] | None
+    nat: bool = False
 
 
 class DeviceCollector:
     """Reads every device once per scrape, from the callables' answers.
 
-    ``running()``: labels of every running device and whether it is NAT (NAT devices have no
-    relay counters: only ``up``); ``counters()``: the sources' snapshots; ``failed()``: labels
+    ``running()``: labels of every running device and whether it is NAT (NAT devices have
+    nft's counters instead of the relays'); ``counters()``: the sources' snapshots; ``failed()``: labels
     of devices that should run but failed to start (``up`` 0).
     """
 
@@ -152,7 +162,7 @@ class DeviceCollector:
         """On the event loop (the runtime's state is the loop's): plain copies, no formatting.
         The counters come from the data plane (each worker answers with its own)."""
         totals = self._totals.update(await self._counters())
-        readings = [DeviceReading(labels, True, None if nat else totals.get(labels.key, {}))
+        readings = [DeviceReading(labels, True, totals.get(labels.key, {}), nat)
                     for labels, nat in self._running()]
         seen = {r.labels.key for r in readings}
         readings += [DeviceReading(labels, False, None) for labels in self._failed()
@@ -166,10 +176,16 @@ def families(readings: Iterable[DeviceReading]) -> Iterator[Metric]:
                 for f, (name, doc) in COUNTERS.items()}
     gauges = {f: GaugeMetricFamily(name, doc, labels=LABELS)
               for f, (name, doc) in GAUGES.items()}
+    nat = {f: CounterMetricFamily(name, doc, labels=LABELS)
+           for f, (name, doc) in NAT_COUNTERS.items()}
     for reading in readings:
         values = reading.labels.values()
         up.add_metric(values, 1 if reading.up else 0)
         if reading.values is None:
+            continue
+        if reading.nat:
+            for f, family in nat.items():
+                family.add_metric(values, reading.values.get(f, 0.0))
             continue
         for f, family in counters.items():
             family.add_metric(values, reading.values.get(f, 0.0))
@@ -178,6 +194,7 @@ def families(readings: Iterable[DeviceReading]) -> Iterator[Metric]:
     yield up
     yield from counters.values()
     yield from gauges.values()
+    yield from nat.values()
 
 
 class _Readings:

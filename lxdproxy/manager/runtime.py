@@ -18,6 +18,7 @@ from lxdproxy.instances.model import Instance
 from lxdproxy.instances.namespaces import instance_namespaces
 from lxdproxy.instances.nic_discovery import with_host_names
 from lxdproxy.manager.dynamic_nat import AddressSource, AddressWaits, DynamicNatDevice
+from lxdproxy.nat.rules import device_label
 from lxdproxy.nat.runtime import NatRuntime
 from lxdproxy.nat.target import dynamic_nat_nic
 from lxdproxy.netns import Namespaces
@@ -76,8 +77,17 @@ class DeviceRuntime:
         return dict(self._running)
 
     async def device_counters(self) -> dict[str, dict[Key, dict[str, int]]]:
-        """Relay counters of the forwarded devices, by source (process)."""
-        return await self.dataplane.source_counters()
+        """Relay counters of the forwarded devices, by source (process), and source ``nat``:
+        the nft counters of the NAT devices' rules (``nat_packets``, ``nat_bytes``)."""
+        sources = await self.dataplane.source_counters()
+        nat_keys = {device_label(inst, dev, rd.instance.project): (inst, dev)
+                    for (inst, dev), rd in self._running.items() if rd.device.nat}
+        if nat_keys:
+            counts = await self.nat.counters()
+            sources["nat"] = {key: {"nat_packets": counts[label][0],
+                                    "nat_bytes": counts[label][1]}
+                              for label, key in nat_keys.items() if label in counts}
+        return sources
 
     async def start(self, instance: Instance, device_name: str, device: ProxyDevice) -> None:
         """Start one device (replacing it if it runs); raises DeviceStartError with the reason

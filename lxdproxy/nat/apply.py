@@ -200,8 +200,31 @@ class NatApplier:
                 content.append(None)
                 continue
             settings = {k: chain.get(k) for k in ("type", "hook", "prio", "policy")}
-            content.append([settings, [r.get("expr") for r in self._rules(objects, name)]])
+            exprs = [_without_counts(r.get("expr", [])) for r in self._rules(objects, name)]
+            content.append([settings, exprs])
         return json.dumps(content, sort_keys=True)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """{label: (packets, bytes)} of every applied device: the sums of the ``counter``
+        statements in its prerouting and output chains (0, 0 for a rule set without them)."""
+        return self.call_in_namespace(self._counters_in_ns)
+
+    def _counters_in_ns(self) -> dict[str, tuple[int, int]]:
+        if not self._applied:
+            return {}
+        objects = self._list_table(FAMILY) or []
+        out = {}
+        for label, ruleset in self._applied.items():
+            packets = nbytes = 0
+            for hook in (Hook.PREROUTING, Hook.OUTPUT):
+                for rule in self._rules(objects, ruleset.chain(hook)):
+                    for expr in rule.get("expr", []):
+                        counter = expr.get("counter")
+                        if isinstance(counter, dict):
+                            packets += int(counter.get("packets", 0))
+                            nbytes += int(counter.get("bytes", 0))
+            out[label] = (packets, nbytes)
+        return out
 
     def check_and_repair(self) -> list[str]:
         """Re-apply recorded rule sets whose chains differ in any way from what was applied
@@ -245,6 +268,12 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _without_counts(exprs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rule expressions with each counter's packets/bytes left out: traffic changes them, and
+    they are not part of what the rule does."""
+    return [{"counter": None} if "counter" in e else e for e in exprs]
 
 
 def _object_name(obj: dict[str, Any]) -> str | None:

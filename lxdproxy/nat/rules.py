@@ -33,6 +33,7 @@ from lxdproxy.nat.target import (
 )
 
 DEFAULT_TABLE = "lxdproxy"  # never LXD's own `lxd` table unless asked for
+LXD_TABLE = "lxd"  # LXD's own: there the rules stay byte-identical to LXD's (no counters)
 FAMILY = "inet"
 
 # nft's unquoted identifier grammar is [A-Za-z_.][A-Za-z0-9/_.-]*. We keep names inside it
@@ -114,6 +115,9 @@ class NatRuleSet:
     target_ports: tuple[int, ...]
     dnat: tuple[DnatRule, ...]
     masquerade: tuple[PortRange, ...]
+    # An nft `counter` on each DNAT rule (metrics). A NAT chain sees only the first packet of
+    # each flow (conntrack handles the rest), so it counts flows' first packets and bytes.
+    counters: bool = True
 
     # -- names -------------------------------------------------------------------------------
     @property
@@ -160,9 +164,10 @@ class NatRuleSet:
                 f"{fam} saddr {t} {fam} daddr {t} {proto} dport {r.text()} masquerade"
                 for r in self.masquerade
             )
+        counter = "counter packets 0 bytes 0 " if self.counters else ""
         return tuple(
             f"{self._daddr_text(hook)} {proto} dport {r.listen.text()} "
-            f"dnat {fam} to {self._dest_text(r)}"
+            f"{counter}dnat {fam} to {self._dest_text(r)}"
             for r in self.dnat
         )
 
@@ -221,7 +226,8 @@ class NatRuleSet:
             if r.target.size == 1:
                 dnat["port"] = r.target.start
             dport = self._match(self._payload(proto, "dport"), self._ports(r.listen))
-            out.append([*self._daddr_exprs(hook), dport, {"dnat": dnat}])
+            counter = [{"counter": None}] if self.counters else []
+            out.append([*self._daddr_exprs(hook), dport, *counter, {"dnat": dnat}])
         return tuple(out)
 
     def to_json(self) -> dict[str, Any]:
@@ -284,4 +290,5 @@ def build_nat_ruleset(
         target_ports=connect.ports,
         dnat=tuple(DnatRule(listen=lr, target=tr) for lr, tr in pairs),
         masquerade=port_ranges_from_slice(connect.ports),
+        counters=table != LXD_TABLE,
     )

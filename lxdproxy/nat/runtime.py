@@ -80,6 +80,12 @@ class NatRuntime:
             log.exception("NAT repair failed in %s (table %s)", self.net_path, self.table)
             return []
 
+    async def counters(self) -> dict[str, tuple[int, int]]:
+        """{label: (packets, bytes)} of the running NAT devices, from their rules' counters."""
+        if self._applier is None:
+            return {}
+        return await asyncio.to_thread(self._applier.counters)
+
     def start_repair(self) -> None:
         """Repair every ``repair_interval`` seconds until ``close``."""
         self._repair.start()

@@ -42,7 +42,7 @@ def test_nat_device_hairpin_repair_and_cleanup(lab: Any, tmp_path: Path) -> None
         c1.save(wait=True)
         rules = chains(lab)
         assert "chain prert.c1.web" in rules
-        assert f"ip daddr {HOST} tcp dport 7400 dnat ip to {inst.ipv4}:9000" in rules
+        assert f"ip daddr {HOST} tcp dport 7400 counter packets 0 bytes 0 dnat ip to {inst.ipv4}:9000" in rules
         # A routed client and the instance itself (hairpin through its own bridge port).
         assert roundtrip(client_ns, HOST, 7400) == b"ping"
         assert roundtrip(inst, HOST, 7400) == b"ping"
@@ -54,7 +54,7 @@ def test_nat_device_hairpin_repair_and_cleanup(lab: Any, tmp_path: Path) -> None
         deadline = time.monotonic() + 10
         while "prert.c1.web" not in chains(lab) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert f"ip daddr {HOST} tcp dport 7400 dnat ip to {inst.ipv4}:9000" in chains(lab)
+        assert f"ip daddr {HOST} tcp dport 7400 counter packets 0 bytes 0 dnat ip to {inst.ipv4}:9000" in chains(lab)
         assert eventually_roundtrip(client_ns, HOST, 7400) == b"ping"
 
         del c1.devices["web"]

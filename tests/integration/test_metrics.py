@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pylxd import Client
 
 from lab.daemon import RunningDaemon
 from lab.traffic import eventually_roundtrip, roundtrip
@@ -145,3 +146,40 @@ def test_counters_survive_a_device_update_and_go_when_it_is_removed(
 
     curl(daemon, "PATCH", "/1.0/instances/c1", {"devices": {"web": None}})
     assert not [k for k in scrape(daemon) if ("device", "web") in k[1]]
+
+
+def test_nat_device_counts_packets_and_bytes_from_its_rules(lab: Any,
+                                                            daemon: RunningDaemon) -> None:
+    """nft counters on the DNAT rules: a NAT chain sees each flow's first packet only, so N
+    connections are N packets or more (a retransmitted SYN is counted too)."""
+    inst = lab.add_instance()
+    client_ns = lab.add_client()
+    lab.echo(inst, "tcp", "0.0.0.0", 9000)
+    pylxd = Client(endpoint=str(daemon.socket))
+    pylxd.instances.create({
+        "name": "c1", "source": {"type": "none"},
+        "config": {"user.lxdproxy.pid": str(inst.pid)},
+        "devices": {"eth0": {"type": "nic", "network": "br0", "ipv4.address": inst.ipv4},
+                    "web": {"type": "proxy", "listen": f"tcp:{HOST}:7400",
+                            "connect": "tcp:0.0.0.0:9000", "nat": "true"},
+                    "idle": {"type": "proxy", "listen": f"tcp:{HOST}:7401",
+                             "connect": "tcp:0.0.0.0:9000", "nat": "true"}},
+    }, wait=True)
+    web, idle = labels("web", "tcp"), labels("idle", "tcp")
+    before = scrape(daemon)
+    assert before[("lxdproxy_nat_packets_total", web)] == 0
+    assert before[("lxdproxy_nat_bytes_total", web)] == 0
+    for _ in range(N_CONNECTIONS):
+        assert roundtrip(client_ns, HOST, 7400) == b"ping"
+    m = scrape(daemon)
+    assert m[("lxdproxy_device_up", web)] == 1
+    assert m[("lxdproxy_nat_packets_total", web)] >= N_CONNECTIONS
+    assert m[("lxdproxy_nat_bytes_total", web)] >= N_CONNECTIONS * 60  # a SYN is 60 bytes or more
+    assert m[("lxdproxy_nat_packets_total", idle)] == 0
+    assert m[("lxdproxy_nat_bytes_total", idle)] == 0
+    # Relay counters are for forwarded devices: a NAT device has none.
+    assert ("lxdproxy_device_connections_total", web) not in m
+    nat_series = {k for k in m if k[0].startswith("lxdproxy_nat_")}
+    assert nat_series == {(name, lb) for name in ("lxdproxy_nat_packets_total",
+                                                  "lxdproxy_nat_bytes_total")
+                          for lb in (web, idle)}

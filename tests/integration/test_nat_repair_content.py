@@ -16,6 +16,7 @@ from lab import Lab
 from lab.daemon import NFT_TABLE, RunningDaemon
 from lab.devices import C1, nat_device
 from lab.traffic import roundtrip
+from lxdproxy.instances.model import Instance, Nic
 from lxdproxy.nat.apply import NatApplier
 from lxdproxy.nat.rules import build_nat_ruleset
 
@@ -35,7 +36,8 @@ def handle_of(lab: Any, table: str, chain: str, pattern: str) -> str:
 
 @pytest.mark.parametrize("tamper", [
     ["replace", "rule", "inet", "lxdproxy", "prert.c1.a", "handle", "{h}",
-     "ip", "daddr", "198.18.0.1", "tcp", "dport", "80", "dnat", "ip", "to", "203.0.113.9:80"],
+     "ip", "daddr", "198.18.0.1", "tcp", "dport", "80", "counter", "dnat", "ip", "to",
+     "203.0.113.9:80"],
     ["insert", "rule", "inet", "lxdproxy", "prert.c1.a", "tcp", "dport", "22", "dnat", "ip",
      "to", "203.0.113.9:22"],
     ["chain", "inet", "lxdproxy", "pstrt.c1.a", "{{", "policy", "drop", ";", "}}"],
@@ -52,6 +54,33 @@ def test_applier_puts_back_a_changed_chain(lab: Lab, tamper: list[str]) -> None:
     assert applier.check_and_repair() == ["c1.a"]  # the same number of rules for dnat-target
     assert ruleset(lab) == good
     assert applier.check_and_repair() == []
+
+
+def test_traffic_moves_the_counters_and_repair_leaves_them(lab: Lab) -> None:
+    """Counter values are not content: a repair pass after traffic re-applies nothing (a
+    re-apply would zero them), and ``counters()`` reads what the DNAT rules counted."""
+    inst = lab.add_instance()
+    client = lab.add_client()
+    lab.echo(inst, "tcp", "0.0.0.0", 9000)
+    nic = Nic("eth0", "bridged", inst.ipv4, inst.ipv6, inst.veth_host)
+    model = Instance(name="c1", pid=inst.pid, nics=(nic,))
+    applier = NatApplier(lab.host.path)
+    applier.apply(build_nat_ruleset(nat_device(f"tcp:{HOST}:7400", "tcp:0.0.0.0:9000"),
+                                    model, "web"))
+    applier.apply(build_nat_ruleset(nat_device(f"tcp:{HOST}:7401", "tcp:0.0.0.0:9000"),
+                                    model, "idle"))
+    assert applier.counters() == {"c1.web": (0, 0), "c1.idle": (0, 0)}
+    for _ in range(3):
+        assert roundtrip(client, HOST, 7400) == b"ping"  # prerouting
+    assert roundtrip(lab.host, HOST, 7400) == b"ping"  # output
+    counted = applier.counters()
+    packets, nbytes = counted["c1.web"]
+    # A NAT chain sees each flow's first packet only: 4 SYNs, 60 bytes or more each.
+    assert packets == 4 and nbytes >= 4 * 60, counted
+    assert counted["c1.idle"] == (0, 0)
+    assert re.search(r"tcp dport 7400 counter packets [1-9]", ruleset(lab))
+    assert applier.check_and_repair() == []
+    assert applier.counters() == counted  # not re-applied: nothing was zeroed
 
 
 def test_daemon_repairs_a_hand_changed_dnat_target_within_one_interval(lab: Any,
@@ -77,7 +106,7 @@ def test_daemon_repairs_a_hand_changed_dnat_target_within_one_interval(lab: Any,
         assert roundtrip(client_ns, HOST, 7400) == b"ping"
         h = handle_of(lab, NFT_TABLE, "prert.c1.web", "dnat")
         lab.host.run(["nft", "replace", "rule", "inet", NFT_TABLE, "prert.c1.web", "handle", h,
-                      "ip", "daddr", HOST, "tcp", "dport", "7400", "dnat", "ip", "to",
+                      "ip", "daddr", HOST, "tcp", "dport", "7400", "counter", "dnat", "ip", "to",
                       f"{decoy.ipv4}:9001"])
         changed_at = time.monotonic()
         assert roundtrip(client_ns, HOST, 7400) == b"9001:ping"  # the hijack works...

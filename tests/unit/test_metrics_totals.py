@@ -56,3 +56,11 @@ def test_a_device_gone_everywhere_loses_its_series() -> None:
     totals = t.update({"w2": {WEB: snap(1)}})
     assert ("c1", "dns") not in totals
     assert totals[WEB]["connections_accepted"] == 4
+
+
+def test_nat_counters_are_floored_when_the_rules_are_re_applied() -> None:
+    t = CounterTotals()
+    t.update({"nat": {WEB: {"nat_packets": 4, "nat_bytes": 240}}})
+    # repair or a restart re-created the chains: nft's counters start at 0 again
+    totals = t.update({"nat": {WEB: {"nat_packets": 1, "nat_bytes": 60}}})
+    assert (totals[WEB]["nat_packets"], totals[WEB]["nat_bytes"]) == (5, 300)

@@ -42,7 +42,8 @@ def test_show_defaults_and_project(capsys: pytest.CaptureFixture[str]) -> None:
                       "--instance", "web", "--project", "p1", "--device", "dns")
     assert rc == 0
     assert "add chain inet lxdproxy prert.p1_web.dns " in out
-    assert "ip6 daddr fd42::1 udp dport 53 dnat ip6 to [fd42::2]:5353\n" in out
+    assert "ip6 daddr fd42::1 udp dport 53 counter packets 0 bytes 0 dnat ip6 to [fd42::2]:5353\n" \
+        in out
 
 
 @pytest.mark.parametrize(

@@ -50,16 +50,16 @@ def test_rule_text_equals_lxd_capture(device: str, listen: str, connect: str) ->
 def test_lxd_test_suite_greps() -> None:
     # The exact lines LXD's container_devices_proxy.sh greps for (spec §5.1).
     inst = instance(Nic("eth0", "bridged", "192.0.2.10", "2001:db8::100"), name="nattest")
-    rs = build_nat_ruleset(nat_device("tcp:127.0.0.1:1234", "tcp:192.0.2.10:1234"), inst, "d")
+    rs = build_nat_ruleset(nat_device("tcp:127.0.0.1:1234", "tcp:192.0.2.10:1234"), inst, "d", table="lxd")
     assert rs.rule_texts(Hook.PREROUTING) == (
         "ip daddr 127.0.0.1 tcp dport 1234 dnat ip to 192.0.2.10:1234",
     )
     rs = build_nat_ruleset(nat_device("tcp:127.0.0.1:1234-1235", "tcp:192.0.2.10:1234-1235"),
-                           inst, "d")
+                           inst, "d", table="lxd")
     assert rs.rule_texts(Hook.OUTPUT) == (
         "ip daddr 127.0.0.1 tcp dport 1234-1235 dnat ip to 192.0.2.10",
     )
-    rs = build_nat_ruleset(nat_device("tcp:[::1]:1234", "tcp:[2001:db8::100]:1234"), inst, "d")
+    rs = build_nat_ruleset(nat_device("tcp:[::1]:1234", "tcp:[2001:db8::100]:1234"), inst, "d", table="lxd")
     assert rs.rule_texts(Hook.PREROUTING) == (
         "ip6 daddr ::1 tcp dport 1234 dnat ip6 to [2001:db8::100]:1234",
     )
@@ -109,9 +109,23 @@ def test_to_json_is_one_transaction() -> None:
                    "right": "192.0.2.2"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                    "right": {"range": [7600, 7601]}}},
+        {"counter": None},
         {"dnat": {"family": "ip", "addr": "10.123.0.10", "port": 8600}},
     ]
     json.dumps(rs.to_json())  # serialisable
+
+
+def test_counters_on_dnat_rules_except_in_lxds_table() -> None:
+    device = nat_device("tcp:192.0.2.2:7009", "tcp:10.123.0.10:8009")
+    ours, lxds = build_nat_ruleset(device, C1, "t"), build_nat_ruleset(device, C1, "t", table="lxd")
+    assert ours.counters and not lxds.counters
+    for hook in (Hook.PREROUTING, Hook.OUTPUT):
+        assert {"counter": None} in ours.rule_exprs(hook)[0]
+        assert {"counter": None} not in lxds.rule_exprs(hook)[0]
+        assert ours.rule_texts(hook) == tuple(
+            t.replace(" dnat", " counter packets 0 bytes 0 dnat") for t in lxds.rule_texts(hook))
+    assert ours.rule_texts(Hook.POSTROUTING) == lxds.rule_texts(Hook.POSTROUTING)
+    assert "counter" not in lxds.to_text()
 
 
 def test_identical_range_dnat_has_no_port() -> None:
@@ -130,8 +144,8 @@ def test_to_text_script() -> None:
         "flush chain inet lxdproxy prert.c1.t\n"
         "flush chain inet lxdproxy out.c1.t\n"
         "flush chain inet lxdproxy pstrt.c1.t\n"
-        "add rule inet lxdproxy prert.c1.t ip daddr 192.0.2.2 tcp dport 7009 dnat ip to 10.123.0.10:8009\n"  # noqa: E501
-        "add rule inet lxdproxy out.c1.t ip daddr 192.0.2.2 tcp dport 7009 dnat ip to 10.123.0.10:8009\n"  # noqa: E501
+        "add rule inet lxdproxy prert.c1.t ip daddr 192.0.2.2 tcp dport 7009 counter packets 0 bytes 0 dnat ip to 10.123.0.10:8009\n"  # noqa: E501
+        "add rule inet lxdproxy out.c1.t ip daddr 192.0.2.2 tcp dport 7009 counter packets 0 bytes 0 dnat ip to 10.123.0.10:8009\n"  # noqa: E501
         "add rule inet lxdproxy pstrt.c1.t ip saddr 10.123.0.10 ip daddr 10.123.0.10 tcp dport 8009 masquerade\n"  # noqa: E501
     )
 
@@ -141,12 +155,13 @@ def test_wildcard_listen_incus_style() -> None:
                            C1, "w")
     assert rs.listen_ip is None
     assert rs.rule_texts(Hook.PREROUTING) == (
-        "meta nfproto ipv4 fib daddr type local tcp dport 80 dnat ip to 10.123.0.10:8080",)
+        "meta nfproto ipv4 fib daddr type local tcp dport 80 counter packets 0 bytes 0 dnat ip to 10.123.0.10:8080",)
     assert rs.rule_texts(Hook.OUTPUT) == (
-        "ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 80 dnat ip to 10.123.0.10:8080",)
+        "ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 80 "
+        "counter packets 0 bytes 0 dnat ip to 10.123.0.10:8080",)
     rs6 = build_nat_ruleset(nat_device("udp:[::]:53", "udp:[::]:53", nat_wildcard=True), C1, "w")
     assert rs6.rule_texts(Hook.OUTPUT) == (
-        "ip6 daddr != ::1 fib daddr type local udp dport 53 dnat ip6 to [fd42::10]:53",)
+        "ip6 daddr != ::1 fib daddr type local udp dport 53 counter packets 0 bytes 0 dnat ip6 to [fd42::10]:53",)
 
 
 def _refused_by_gate(listen: str, connect: str) -> str:
