@@ -42,10 +42,8 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         f"LXD {meta.get('lxd') or '–'}, {meta.get('iperf3') or ''}, {meta.get('socat') or ''}.",
         "",
         f"> **Load caveat**: load average {la0[0]:.2f} at the start and {la1[0]:.2f} at the end "
-        f"(1-minute){_round_loads(meta)}. On the 2-core development VM other jobs (the lead's test "
-        f"suites, other agents' labs) were running at the same time, so absolute numbers are noisy and "
-        f"lower than on an idle machine. Every peer ran in the same run, interleaved round by round, so "
-        f"the **ratios** are the meaningful part.",
+        f"(1-minute){_round_loads(meta)}. {_load_source(la0[0])} Every peer ran in the same run, "
+        f"interleaved round by round, so the **ratios** are the meaningful part.",
         "",
         "## Results (medians)",
         "",
@@ -155,3 +153,13 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
     if skipped or errors:
         parts += ["## Not run / errors", "", (skipped + errors).strip(), ""]
     return "\n".join(parts)
+
+
+def _load_source(start_load: float) -> str:
+    """What the load means: an otherwise idle machine (the benchmark's own clients, servers and
+    peers keep 2 cores busy), or one shared with other jobs."""
+    if start_load < 1.0:
+        return ("The machine was otherwise idle at the start: the load during the rounds is the "
+                "benchmark's own (clients, servers and every peer share the 2 cores).")
+    return ("On the 2-core development VM other jobs (test suites, other labs) were running at "
+            "the same time, so absolute numbers are noisy and lower than on an idle machine.")
