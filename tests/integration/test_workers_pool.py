@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,16 @@ async def _pool(pools: list[WorkerPool], state_dir: Path, **kw: object) -> Worke
     return pool
 
 
+async def _tcp_device(lab: Lab, pools: list[WorkerPool], state_dir: Path, **kw: object
+                      ) -> tuple[Any, WorkerPool, tuple[str, str]]:
+    """An instance with a tcp echo server on 4321 and a pool forwarding LISTEN to it."""
+    inst = lab.add_instance()
+    lab.echo(inst, "tcp", "127.0.0.1", 4321)
+    pool = await _pool(pools, state_dir, **kw)
+    key = await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    return inst, pool, key
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -89,10 +100,7 @@ async def _eventually(check: object, timeout: float = 10.0) -> None:
 
 async def test_every_worker_accepts_on_the_one_listener(lab: Lab, state_dir: Path,
                                                         pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
-    await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, _key = await _tcp_device(lab, pools, state_dir)
     for _ in range(200):
         assert await roundtrip(lab.host, LISTEN) == b"hello"
     stats = await pool.stats()
@@ -134,10 +142,7 @@ async def test_control_plane_restart_keeps_listeners_and_connections(
 
 async def test_a_killed_worker_is_replaced_and_only_its_connections_are_lost(
         lab: Lab, state_dir: Path, pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
-    await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, _key = await _tcp_device(lab, pools, state_dir)
     held: list[HeldConnection] = []
     # One shared listening socket: a sequential client may land on one worker many times in
     # a row, so open connections until both workers hold some.
@@ -192,10 +197,7 @@ async def test_update_of_connect_keeps_established_connections(
 
 async def test_a_listener_change_opens_the_new_one_before_closing_the_old(
         lab: Lab, state_dir: Path, pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
-    await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, _key = await _tcp_device(lab, pools, state_dir)
     held = HeldConnection(lab.host, LISTEN)
     await started(pool, "p", proxy(listen="tcp:127.0.0.1:1235", connect="tcp:127.0.0.1:4321"),
                   host=lab.host, inst=inst)
@@ -236,10 +238,7 @@ async def test_a_rejected_update_changes_nothing(lab: Lab, state_dir: Path,
 
 async def test_stop_refuses_new_connects_within_100ms(lab: Lab, state_dir: Path,
                                                       pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
-    key = await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, key = await _tcp_device(lab, pools, state_dir)
     assert await roundtrip(lab.host, LISTEN) == b"hello"
     t0 = time.monotonic()
     await pool.stop(key)
@@ -252,10 +251,7 @@ async def test_stop_refuses_new_connects_within_100ms(lab: Lab, state_dir: Path,
 
 async def test_reload_hands_listeners_to_new_workers_and_old_ones_drain(
         lab: Lab, state_dir: Path, pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
-    await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, _key = await _tcp_device(lab, pools, state_dir)
     held = HeldConnection(lab.host, LISTEN)
     old = set(pool.pids())
     with ConnectLoop(lab.host, LISTEN, interval=0.02, duration=20) as loop:
@@ -276,10 +272,7 @@ async def test_reload_hands_listeners_to_new_workers_and_old_ones_drain(
 
 async def test_reload_drain_timeout_ends_old_connections(lab: Lab, state_dir: Path,
                                                          pools: list[WorkerPool]) -> None:
-    inst = lab.add_instance()
-    lab.echo(inst, "tcp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir, drain_timeout=0.5)
-    await started(pool, "p", proxy(**TCP), host=lab.host, inst=inst)
+    inst, pool, _key = await _tcp_device(lab, pools, state_dir, drain_timeout=0.5)
     held = HeldConnection(lab.host, LISTEN)
     old = set(pool.pids())
     t0 = time.monotonic()
