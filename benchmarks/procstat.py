@@ -30,17 +30,26 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime+stime (all threads) plus cutime+cstime (reaped children) of each pid's whole tree."""
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) seconds of each pid's whole tree: utime+cutime and stime+cstime (all threads,
+    reaped children included). The split tells a proxy's own code from the kernel work its system
+    calls do (for a proxy on loopback/veth that includes the TCP stack of both connections)."""
+    user = system = 0
     for p in dict.fromkeys(p for root in pids for p in tree(root)):  # each process once
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         # after the ")": state is field 3, utime/stime/cutime/cstime are fields 14..17
-        total += sum(int(x) for x in fields[11:15])
-    return total / TICK
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        user += utime + cutime
+        system += stime + cstime
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime (all threads) plus cutime+cstime (reaped children) of each pid's whole tree."""
+    return sum(cpu_split(pids))
 
 
 def _status_kib(pid: int, key: str) -> int:

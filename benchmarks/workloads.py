@@ -78,7 +78,7 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str,
     start_at = time.monotonic() + 0.5  # every client has imported and is waiting by then
     pids = peer.cpu_pids()
     server = [env.echo_pid] if env.echo_pid else []
-    cpu0, server0 = procstat.cpu_seconds(pids), procstat.cpu_seconds(server)
+    (user0, sys0), server0 = procstat.cpu_split(pids), procstat.cpu_seconds(server)
     busy0, total0 = procstat.machine_ticks()
     procs = [env.host_python("benchmarks.clients", "connrate", peer.echo.host, str(peer.echo.port),
                              "--start-at", repr(start_at), "--seconds", str(sizes.connrate_seconds))
@@ -106,7 +106,10 @@ def connrate(env: BenchEnv, peer: Peer, sizes: Sizes, clients: int) -> dict[str,
            "client_cpu_us_per_conn": sum(r["cpu_s"] for r in results) / done * 1e6,
            "server_cpu_us_per_conn": (procstat.cpu_seconds(server) - server0) / done * 1e6}
     if not peer.in_kernel:  # proxy CPU over the window (plus client start-up; the proxy idles then)
-        out["cpu_us_per_conn"] = (procstat.cpu_seconds(pids) - cpu0) / done * 1e6
+        user1, sys1 = procstat.cpu_split(pids)
+        out["cpu_us_per_conn"] = (user1 - user0 + sys1 - sys0) / done * 1e6
+        out["cpu_user_us_per_conn"] = (user1 - user0) / done * 1e6
+        out["cpu_sys_us_per_conn"] = (sys1 - sys0) / done * 1e6
     return out
 
 

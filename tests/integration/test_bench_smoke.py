@@ -47,7 +47,7 @@ def test_report_medians_ratios_and_targets() -> None:
     restart = report_restart.summarize(results)
     targets = {r.split(" | ")[0][2:]: r.split(" | ")[-1] for r in
                report.targets_table(summary, restart=restart).splitlines()[2:]}
-    assert targets["Bulk ≥ 1.3× forkproxy"] == "yes |"
+    assert targets["Bulk ≥ 1.15× forkproxy"] == "yes |"
     assert targets["Bulk ≥ 0.9× direct"] == "yes |"
     assert targets["Connection rate, 2 clients ≥ 1.5× forkproxy"] == "yes |"  # 1.6x
     assert targets["Connection rate, 4 clients ≥ 1.5× forkproxy"] == "**no** |"  # 1.4x
@@ -58,7 +58,7 @@ def test_report_medians_ratios_and_targets() -> None:
     assert targets["`kill -9` + restart: 0 held-connection breaks"] == "yes |"
     assert targets["`lxdproxy reload`: 0 refused/failed connects"] == "not measured |"
     assert targets["Device add → first byte ≤ 20 ms (median)"] == "**no** |"
-    assert targets["UDP received pps ≥ 1.2× forkproxy"] == "not measured |"
+    assert targets["UDP 64 B received pps ≥ 1.5× forkproxy"] == "not measured |"
     assert "36,000 (extrapolated)" in report.memory_table(results)
     assert "| `/1.0/metrics` every 1 s | 10.0 (0.91×) | 10.0–10.0 | 3 |" in report.scrape_table(results)
     restart_rows = report_restart.table(results, restart).splitlines()
