@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,7 @@ class Endpoint:
 class Peer:
     name = ""
     in_kernel = False  # no userspace forwarding process: CPU/GiB is not attributable
+    adds_forwards = True  # the device-add workload applies
 
     def __init__(self, env: BenchEnv, base_port: int, *, iperf_port: int = IPERF_PORT) -> None:
         self.env = env
@@ -71,6 +73,7 @@ class Peer:
 class Direct(Peer):
     name = "direct"
     in_kernel = True
+    adds_forwards = False
 
     @property
     def bulk(self) -> Endpoint:
@@ -142,6 +145,65 @@ class Socat(_Processes):
         proc = self.extra.pop(port)
         proc.kill()
         proc.wait(timeout=10)
+
+
+FLOOR_SOURCE = Path(__file__).parent / "floor" / "tcp_floor.c"
+
+
+def floor_unavailable() -> str | None:
+    return None if shutil.which("gcc") else "gcc is absent (the C floor is compiled at start)"
+
+
+class Floor(_Processes):
+    """A floor reference: one process forwarding the echo port only (benchmarks/floor/). Only the
+    echo workloads (connection rate, latency) apply; it answers "what does a forwarder making these
+    system calls cost on this machine", which bounds the connection-rate targets."""
+
+    adds_forwards = False
+    WORKLOADS = ("connrate_2", "connrate_4", "latency")
+
+    def spawn(self, args: list[str]) -> subprocess.Popen[Any]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        proc = self.spawn([self.listen_ip, str(self.echo.port), f"/proc/{self.env.inst.pid}/ns/net",
+                           "127.0.0.1", str(ECHO_PORT)])
+        self.procs = [proc]
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"listening":
+            raise RuntimeError(f"{self.name} did not start (exit {proc.poll()})")
+
+
+class CFloor(Floor):
+    """benchmarks/floor/tcp_floor.c: one thread, one edge-triggered epoll, every fd registered
+    once, no user-space work beyond the system calls."""
+
+    name = "c-floor"
+
+    def __init__(self, env: BenchEnv, base_port: int, **kw: Any) -> None:
+        super().__init__(env, base_port, **kw)
+        self.bindir = Path(tempfile.mkdtemp(prefix="lxdproxy-bench-floor-"))
+
+    def spawn(self, args: list[str]) -> subprocess.Popen[Any]:
+        binary = self.bindir / "tcp_floor"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOR_SOURCE)], check=True,
+                       capture_output=True, timeout=120)
+        return self.env.host.popen([str(binary), *args], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE)
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.bindir, ignore_errors=True)
+
+
+class PyFloor(Floor):
+    """benchmarks/floor/py_floor.py: the leanest uvloop forwarder (fd callbacks, no task per
+    connection): what Python itself costs per connection here."""
+
+    name = "py-floor"
+
+    def spawn(self, args: list[str]) -> subprocess.Popen[Any]:
+        return self.env.host_python("benchmarks.floor.py_floor", *args)
 
 
 class Forkproxy(_Processes):

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks import report_restart
 
-PEER_ORDER = ["direct", "socat", "forkproxy", "lxdproxy", "lxdproxy-nat"]
+PEER_ORDER = ["direct", "socat", "forkproxy", "lxdproxy", "lxdproxy-nat", "c-floor", "py-floor"]
 MB = 1024  # KiB per MiB
 
 

@@ -22,7 +22,20 @@ from typing import Any
 from benchmarks import document, report, report_restart, restart, workloads
 from benchmarks.daemon import LxdproxyDaemon, daemon_available
 from benchmarks.env import IPERF_PORT, REPO, BenchEnv
-from benchmarks.peers import INSTANCE_NAME, LXD, Direct, Forkproxy, Lxdproxy, LxdproxyNat, Peer, Socat
+from benchmarks.peers import (
+    INSTANCE_NAME,
+    LXD,
+    CFloor,
+    Direct,
+    Floor,
+    Forkproxy,
+    Lxdproxy,
+    LxdproxyNat,
+    Peer,
+    PyFloor,
+    Socat,
+    floor_unavailable,
+)
 from benchmarks.sizes import BY_NAME, FULL, QUICK, Sizes
 
 WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
@@ -46,8 +59,12 @@ def _wanted(workload: str, chosen: list[str], sizes: Sizes) -> bool:
 
 
 def _applies(workload: str, peer: str) -> bool:
+    if peer in FLOORS and workload not in Floor.WORKLOADS:
+        return False
     return peer in ONLY_PEERS.get(workload, (peer,))
-BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000}
+BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000,
+              "c-floor": 15000, "py-floor": 16000}
+FLOORS = {"c-floor": CFloor, "py-floor": PyFloor}
 IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
 
@@ -56,6 +73,9 @@ def unavailable_peers() -> dict[str, str]:
     out: dict[str, str] = {}
     if not os.path.exists(LXD):
         out["forkproxy"] = f"{LXD} is absent (scripts/bootstrap --bench installs Debian's lxd)"
+    floor = floor_unavailable()
+    if floor:
+        out["c-floor"] = floor
     reason = daemon_available()
     if reason:
         out["lxdproxy"] = out["lxdproxy-nat"] = reason
@@ -70,6 +90,8 @@ def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None) -> Peer:
         return Socat(env, base, iperf_port=iperf)
     if name == "forkproxy":
         return Forkproxy(env, base, iperf_port=iperf)
+    if name in FLOORS:
+        return FLOORS[name](env, base, iperf_port=iperf)
     assert daemon is not None
     return (LxdproxyNat if name == "lxdproxy-nat" else Lxdproxy)(env, base, daemon, iperf_port=iperf)
 
@@ -167,7 +189,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                     results["runs"][wname][peer.name].append(res)
         if "device_add" in chosen:
             for peer in started:
-                if peer.name != "direct":
+                if peer.adds_forwards:
                     results["device_add"][peer.name] = attempt(
                         f"device_add {peer.name}", lambda peer=peer: workloads.device_add(env, peer, sizes))
         if "memory" in chosen:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from benchmarks import report, report_restart
-from benchmarks.run import run_benchmarks, unavailable_peers, write_outputs
+from benchmarks.run import FLOORS, run_benchmarks, unavailable_peers, write_outputs
 from benchmarks.sizes import SMOKE
 
 
@@ -68,7 +68,7 @@ def test_report_medians_ratios_and_targets() -> None:
 
 @pytest.mark.lab
 @pytest.mark.slow
-@pytest.mark.parametrize("peer", report.PEER_ORDER)
+@pytest.mark.parametrize("peer", [p for p in report.PEER_ORDER if p not in FLOORS])
 def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 is absent (scripts/bootstrap --bench installs it)")
@@ -129,3 +129,26 @@ def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     assert "## Results (medians)" in (tmp_path / "b.md").read_text()
     if png is not None:
         assert png.stat().st_size > 1000
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", sorted(FLOORS))
+def test_floor_peers_forward_the_echo_workloads(lab, peer: str) -> None:
+    """The floors (benchmarks/floor/) really forward, and only the echo workloads run on them."""
+    why = unavailable_peers().get(peer)
+    if why:
+        pytest.skip(f"{peer} peer: {why}")
+
+    results = run_benchmarks(lab, SMOKE, peers=[peer], strict=True, log=lambda _msg: None)
+
+    assert results["peers"] == [peer] and results["errors"] == []
+    ran = {w for w, by_peer in results["runs"].items() if by_peer.get(peer)}
+    assert ran == {f"connrate_{n}" for n in SMOKE.connrate_clients} | {"latency"}
+    for n in SMOKE.connrate_clients:
+        (conn,) = results["runs"][f"connrate_{n}"][peer]
+        assert conn["connections"] > 0 and conn["errors"] == 0
+        assert conn["cpu_user_us_per_conn"] >= 0 and conn["cpu_sys_us_per_conn"] > 0
+    (lat,) = results["runs"]["latency"][peer]
+    assert lat["requests"] == SMOKE.latency_requests and 0 < lat["p50_us"] <= lat["p99_us"]
+    assert results["device_add"] == {} and results["restart"] == {}
