@@ -46,6 +46,7 @@ from lxdproxy.state_dir import prepare_state_dir
 from lxdproxy.store import Store
 from lxdproxy.warning_registry import WarningRegistry
 from lxdproxy.workers import WorkerPool
+from lxdproxy.workers.link import REQUEST_TIMEOUT
 
 if TYPE_CHECKING:
     from lxdproxy.api.tls import TrustStore
@@ -80,6 +81,7 @@ class DaemonConfig:
     api_limits: ApiLimits = ApiLimits()  # header/body/handshake timeouts, connection caps
     workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process
     drain_timeout: float | None = None  # reload: how long old workers may finish connections
+    worker_request_timeout: float = REQUEST_TIMEOUT  # a worker silent this long is replaced
     log_level: str = "INFO"  # the workers log at this level too
     use_uvloop: bool = True
 
@@ -169,7 +171,8 @@ async def build_components(config: DaemonConfig, store: Store, *,
                                       log_level=config.log_level,
                                       connect_timeout=config.connect_timeout,
                                       udp_idle_timeout=config.udp_idle_timeout,
-                                      protected_paths=protected)
+                                      protected_paths=protected,
+                                      request_timeout=config.worker_request_timeout)
         await pool.open()
     warnings = WarningRegistry(store)
     runtime = DeviceRuntime(dataplane, nat, addresses=backend, waits=warnings, host_ns=host_ns)

@@ -32,6 +32,7 @@ class Channel:
         self._ready: list[Envelope] = []
         self._fds: list[int] = []
         self._send_lock = asyncio.Lock()
+        self._waits: dict[asyncio.Future[None], Callable[[int], object]] = {}  # -> its unwatch
         self.closed = False
 
     async def send(self, env: Envelope, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -58,10 +59,12 @@ class Channel:
         fut = self._loop.create_future()
         fd = self.sock.fileno()
         watch(fd, _set, fut)
+        self._waits[fut] = unwatch
         try:
             await fut
         finally:
-            unwatch(fd)
+            if self._waits.pop(fut, None) is not None:
+                unwatch(fd)
 
     async def recv(self) -> tuple[Envelope, list[int]]:
         """The next envelope and the fds that came with it (the caller owns them)."""
@@ -92,6 +95,14 @@ class Channel:
         if self.closed:
             return
         self.closed = True
+        # Unwatch before the fd is closed: its number is reused by the next socket, and a watch
+        # left behind would fire for (and then unregister) that socket's own watch.
+        sock_fd = self.sock.fileno()
+        for fut, unwatch in list(self._waits.items()):
+            unwatch(sock_fd)
+            if not fut.done():
+                fut.set_exception(ChannelClosed("control connection closed"))
+        self._waits.clear()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

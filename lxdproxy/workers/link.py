@@ -26,6 +26,10 @@ from lxdproxy.workers.protocol import Envelope, Hello, Message, ProtocolError, R
 log = logging.getLogger("lxdproxy.workers")
 
 SPAWN_TIMEOUT = 20.0  # a worker imports lxdproxy.forward and uvloop: well under a second
+# A worker answers every request from its loop in milliseconds; one that has not answered in this
+# long is hung (stopped, spinning, wedged in a system call), and waiting on it would wedge the
+# control plane: the API, reconcile and every other device's changes.
+REQUEST_TIMEOUT = 30.0
 
 
 class WorkerGone(ConnectionError):
@@ -34,8 +38,10 @@ class WorkerGone(ConnectionError):
 
 class WorkerLink:
     def __init__(self, path: Path, channel: Channel, hello: Hello,
-                 proc: subprocess.Popen[bytes] | None = None) -> None:
+                 proc: subprocess.Popen[bytes] | None = None, *,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.path = path
+        self.request_timeout = request_timeout
         self.channel = channel
         self.pid = hello.pid
         self.generation = hello.generation
@@ -54,7 +60,8 @@ class WorkerLink:
     # -- life ---------------------------------------------------------------------------------
     @classmethod
     async def connect(cls, path: Path, *, pid: int, generation: int,
-                      proc: subprocess.Popen[bytes] | None = None) -> WorkerLink:
+                      proc: subprocess.Popen[bytes] | None = None,
+                      request_timeout: float = REQUEST_TIMEOUT) -> WorkerLink:
         """Connect and exchange hellos. Raises OSError (nobody there) or ProtocolError."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
@@ -81,13 +88,14 @@ class WorkerLink:
         if not isinstance(env.message, Hello):
             chan.close()
             raise ProtocolError(f"worker answered hello with {env.message.kind!r}")
-        link = cls(path, chan, env.message, proc)
+        link = cls(path, chan, env.message, proc, request_timeout=request_timeout)
         link._reader = asyncio.get_running_loop().create_task(link._read())
         return link
 
     @classmethod
     async def spawn(cls, directory: Path, *, generation: int, index: int,
-                    options: Sequence[str] = ()) -> WorkerLink:
+                    options: Sequence[str] = (),
+                    request_timeout: float = REQUEST_TIMEOUT) -> WorkerLink:
         """A new worker process; ``options``: its tunables (``--log-level`` ...)."""
         path = directory / f"w{generation}.{index}.{secrets.token_hex(3)}.sock"
         log_path = directory / f"w{generation}.{index}.log"
@@ -108,7 +116,7 @@ class WorkerLink:
                               f"see {log_path}")
             try:
                 return await cls.connect(path, pid=os.getpid(), generation=generation,
-                                         proc=proc)
+                                         proc=proc, request_timeout=request_timeout)
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
                     proc.kill()
@@ -166,7 +174,21 @@ class WorkerLink:
         except ChannelClosed:
             self._pending.pop(ident, None)
             raise WorkerGone(f"{self!r} is gone") from None
-        return await fut
+        try:
+            return await asyncio.wait_for(fut, self.request_timeout)
+        except TimeoutError:
+            self._hung(msg)
+            raise WorkerGone(f"{self!r} did not answer {msg.kind!r} in "
+                             f"{self.request_timeout:g} s") from None
+
+    def _hung(self, msg: Message) -> None:
+        """No answer in time: kill the worker and treat it as dead (``on_lost`` replaces it).
+        Its connections are lost, as with a crash; the listeners live on in the others."""
+        if self.closed:
+            return
+        log.error("%r did not answer %r in %g s: killing it", self, msg.kind, self.request_timeout)
+        self.kill()
+        self._lost()
 
     async def call(self, msg: Message) -> object:
         """A request whose reply carries no fds; raises WorkerError on ``ok: false``."""

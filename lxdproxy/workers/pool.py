@@ -33,7 +33,7 @@ from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, plan_device
 from lxdproxy.netns import Namespaces, ns_identity
 from lxdproxy.netns.protected_paths import ProtectedPaths
-from lxdproxy.workers.link import WorkerError, WorkerGone, WorkerLink
+from lxdproxy.workers.link import REQUEST_TIMEOUT, WorkerError, WorkerGone, WorkerLink
 from lxdproxy.workers.protocol import (
     DeviceKey,
     DeviceSpec,
@@ -87,12 +87,14 @@ class WorkerPool:
                  drain_timeout: float | None = None, log_level: str = "INFO",
                  connect_timeout: float = CONNECT_TIMEOUT,
                  udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
-                 protected_paths: ProtectedPaths | None = None) -> None:
+                 protected_paths: ProtectedPaths | None = None,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.directory = Path(state_dir) / "workers"
         self.size = workers if workers is not None else (os.cpu_count() or 1)
         if self.size < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.drain_timeout = drain_timeout
+        self.request_timeout = request_timeout  # a worker silent this long is killed and replaced
         self.protected_paths = protected_paths  # the daemon's own: no device may listen there
         self.worker_options = ("--log-level", log_level, "--connect-timeout", str(connect_timeout),
                                "--udp-idle-timeout", str(udp_idle_timeout))
@@ -135,7 +137,8 @@ class WorkerPool:
         found = []
         for path in sorted(self.directory.glob("w*.sock")):
             try:
-                link = await WorkerLink.connect(path, pid=os.getpid(), generation=0)
+                link = await WorkerLink.connect(path, pid=os.getpid(), generation=0,
+                                                request_timeout=self.request_timeout)
             except (OSError, ProtocolError) as exc:
                 if isinstance(exc, ProtocolError):
                     log.error("worker at %s: %s (left running)", path, exc)
@@ -156,7 +159,8 @@ class WorkerPool:
 
     async def _spawn_slot(self, slot: int) -> WorkerLink:
         link = await WorkerLink.spawn(self.directory, generation=self.generation, index=slot,
-                                      options=self.worker_options)
+                                      options=self.worker_options,
+                                      request_timeout=self.request_timeout)
         await self._feed(link, only_missing=False)
         self._adopt(link)
         return link
@@ -293,7 +297,8 @@ class WorkerPool:
             try:
                 for slot in range(self.size):
                     link = await WorkerLink.spawn(self.directory, generation=self.generation,
-                                                  index=slot, options=self.worker_options)
+                                                  index=slot, options=self.worker_options,
+                                                  request_timeout=self.request_timeout)
                     fresh[slot] = link
                     await self._feed(link, only_missing=False)
             except BaseException:

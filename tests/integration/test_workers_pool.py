@@ -4,6 +4,7 @@ reload, update in place, and stop means stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -341,3 +342,26 @@ async def test_a_worker_answers_another_protocol_version_with_both_versions(
     assert reply.message.error == (f"worker protocol version mismatch: this side speaks "
                                    f"{PROTOCOL_VERSION}, the peer sent {PROTOCOL_VERSION + 1}")
     assert (await pool.stats()).workers == 2  # the worker lives on for its own control plane
+
+
+async def test_a_hung_worker_is_killed_and_replaced_instead_of_wedging_the_control_plane(
+        lab: Lab, state_dir: Path, pools: list[WorkerPool]) -> None:
+    """A stopped worker never answers: the request gives up after ``request_timeout``, the worker
+    is killed and replaced, and the listener keeps forwarding through the other one."""
+    _inst, pool, _key = await _tcp_device(lab, pools, state_dir, request_timeout=1.0)
+    victim = pool.pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        stats = await asyncio.wait_for(pool.stats(), 10)
+        took = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    assert 0.9 <= took < 5, took
+    assert victim not in [w["pid"] for w in stats.per_worker]
+    await _eventually(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
+    await _eventually(lambda: not _alive(victim))
+    for _ in range(20):
+        assert await roundtrip(lab.host, LISTEN) == b"hello"
+    assert (await pool.stats()).worker_deaths == 1
