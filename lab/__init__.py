@@ -14,6 +14,7 @@ by ``Lab.close()``, which the ``lab`` fixture always calls.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shlex
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from lxdproxy.netns import Namespaces, netns_executor, ns_identity, release_netns_executor
 
@@ -237,8 +239,12 @@ class Lab:
     def _attach(self, inst: LabInstance) -> None:
         with NetNS(self.host.name) as ns:
             old = ns.link_lookup(ifname=inst.veth_host)
-            if old:  # restart: the old veth died with the old namespace, but be sure
-                ns.link("del", index=old[0])
+            if old:  # restart: the old veth dies with the old namespace, but be sure
+                try:
+                    ns.link("del", index=old[0])
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:  # gone between the lookup and the del
+                        raise
             ns.link("add", ifname=inst.veth_host, kind="veth", peer={"ifname": "eth0", "net_ns_pid": inst.pid})
             idx = ns.link_lookup(ifname=inst.veth_host)[0]
             ns.link("set", index=idx, master=ns.link_lookup(ifname="br0")[0], state="up")
