@@ -23,6 +23,7 @@ Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,12 +32,33 @@ from lxdproxy.forward.budget import DeviceBudget
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.gso import (
+    SOL_UDP,
+    UDP_GRO,
+    enable_gro,
+    gro_segment,
+    gso_runs,
+    max_segment,
+    segment_cmsg,
+    split_gro,
+)
+from lxdproxy.forward.udp.mmsg import (
+    CONTROLLEN_QWORD,
+    LEN_WORD,
+    NAME_SIZE,
+    NAMELEN_WORD,
+    QWORDS_PER_MSG,
+    WORDS_PER_MSG,
+    MmsgReceiver,
+    iter_cmsgs,
+    sockaddr_to_address,
+)
 from lxdproxy.forward.udp.pktinfo import (
     ANCBUF_SIZE,
     enable_pktinfo,
+    is_pktinfo,
     is_wildcard,
     parse_pktinfo,
-    pktinfo_bytes,
 )
 from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
 from lxdproxy.forward.udp.session import UdpClientSession
@@ -50,6 +72,15 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65536
 # Datagrams handled per wakeup, so one busy socket cannot starve the rest of the loop.
 BATCH = 256
+# Datagrams per recvmmsg call (each gets a MAX_DATAGRAM slot: 2 MiB of address space per
+# listener that has seen traffic, resident only as far as datagrams filled it).
+RECV_SLOTS = 32
+# Control messages of one datagram: pktinfo (IPv4 and IPv6 both, on a dual-stack socket) and
+# the GRO segment size.
+CONTROL_SIZE = ANCBUF_SIZE + socket.CMSG_SPACE(4) + 24
+# A GSO send the path refused (no offload, an MTU below the segment): send one by one.
+GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT,
+                         errno.EOPNOTSUPP})
 # While a new session's target socket is being opened, its client's datagrams wait here.
 PENDING_MAX_DATAGRAMS = 64
 PENDING_MAX_BYTES = 256 * 1024
@@ -107,7 +138,9 @@ class UdpListenerRelay:
             self._clock, idle_timeout=idle_timeout, max_sessions=max_sessions)
         # The hot path looks clients up here (one dict lookup) and touches the table only
         # once per session per wakeup; the table stays the authority on expiry and eviction.
-        self._by_client: dict[tuple, UdpClientSession] = {}
+        # Keyed by the client's raw sockaddr, as recvmmsg reports it (no tuple to build).
+        self._by_name: dict[bytes, UdpClientSession] = {}
+        self._rx: MmsgReceiver | None = None
         self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
@@ -135,6 +168,9 @@ class UdpListenerRelay:
         self._running = True
         if self._wildcard:
             enable_pktinfo(self._sock)
+        # Where the kernel can, a client's run of datagrams arrives as one buffer (and often
+        # leaves as one GSO send).
+        enable_gro(self._sock)
         if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTEN_RCVBUF:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
         self._loop.add_reader(self._fd, self._on_listen_readable)
@@ -179,55 +215,133 @@ class UdpListenerRelay:
     # -- client -> target --------------------------------------------------------------
 
     def _on_listen_readable(self) -> None:
-        # The hot path: keep it free of method calls and allocations where possible.
-        wildcard = self._wildcard
-        recvfrom_into = self._sock.recvfrom_into
-        recvmsg_into = self._sock.recvmsg_into
-        buf = self._buf
-        buffers = (buf,)
-        view = self._view
-        by_client = self._by_client
+        # The hot path: one recvmmsg per RECV_SLOTS datagrams, then one send per session (a
+        # GSO run where the datagrams allow); keep it free of method calls where possible.
+        rx = self._rx
+        if rx is None:  # first traffic: the buffers of an idle listener are never mapped
+            rx = self._rx = MmsgReceiver(RECV_SLOTS, MAX_DATAGRAM, CONTROL_SIZE)
+        recv = rx.recv
+        words, qwords, data, names = rx.words, rx.qwords, rx.data, rx.names
+        by_name = self._by_name
         touch = self._table.touch
         counters = self._counters
-        pktinfo = None
+        wildcard = self._wildcard
+        fd = self._fd
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
-        for _ in range(BATCH):
+        for _ in range(BATCH // RECV_SLOTS):
             try:
-                if wildcard:
-                    n, ancdata, _flags, client = recvmsg_into(buffers, ANCBUF_SIZE)
-                    # Only pktinfo was asked for, so it is the one message (unless the
-                    # caller set more socket options).
-                    pktinfo = ancdata[0][2] if len(ancdata) == 1 else pktinfo_bytes(ancdata)
-                else:
-                    n, client = recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
+                n = recv(fd)
             except OSError as e:
                 # An unconnected socket only sees ICMP errors with IP_RECVERR; anything else
                 # is consumed by this read, so keep going.
                 self._log.warning("receive failed: %s", e)
                 continue
-            counters.datagrams_in += 1
-            counters.bytes_in += n
-            s = by_client.get(client)
-            if s is None:
-                self._new_session(client, bytes(view[:n]), pktinfo)
+            if not n:
+                return
+            ready: list[UdpClientSession] = []
+            for i in range(n):
+                w = i * WORDS_PER_MSG
+                length = words[w + LEN_WORD]
+                at = i * MAX_DATAGRAM
+                name = names[i * NAME_SIZE:i * NAME_SIZE + words[w + NAMELEN_WORD]].tobytes()
+                pktinfo, segment = None, 0
+                controllen = qwords[i * QWORDS_PER_MSG + CONTROLLEN_QWORD]
+                if controllen:
+                    ctl = i * CONTROL_SIZE
+                    pktinfo, segment = self._control_of(rx.control[ctl:ctl + controllen])
+                if segment:  # GRO: a run of datagrams of one client in one buffer
+                    dgrams = [data[at + o:at + o + m] for o, m in split_gro(length, segment)]
+                else:
+                    dgrams = [data[at:at + length]]
+                counters.datagrams_in += len(dgrams)
+                counters.bytes_in += length
+                s = by_name.get(name)
+                if s is not None:
+                    if s.wakeup != wakeup:
+                        s.wakeup = wakeup
+                        touch(s.entry)  # type: ignore[arg-type]
+                    if wildcard and pktinfo != s.pktinfo:  # it talks to another local address
+                        self._set_pktinfo(s, pktinfo)
+                    if s.sock is not None and not s.out:
+                        if not s.batch:
+                            ready.append(s)
+                        s.batch += dgrams
+                        continue
+                # The slow path may open, evict or drop sessions: send what waits first.
+                if ready:
+                    self._flush(ready)
+                    ready = []
+                for d in dgrams:
+                    self._deliver(name, bytes(d), pktinfo)
+            if ready:
+                self._flush(ready)
+            if n < RECV_SLOTS:
+                return
+
+    def _control_of(self, control: memoryview) -> tuple[bytes | None, int]:
+        """(pktinfo, GRO segment size or 0) from one datagram's control messages."""
+        pktinfo, segment = None, 0
+        try:
+            for level, kind, value in iter_cmsgs(control):
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = gro_segment(value)
+                elif pktinfo is None and is_pktinfo(level, kind):
+                    pktinfo = value
+        except ValueError as e:
+            self._log.warning("%s", e)
+        return pktinfo, segment
+
+    def _flush(self, ready: list[UdpClientSession]) -> None:
+        """Send each session's datagrams of this batch, in order: GSO runs where they are alike,
+        one send each otherwise."""
+        for s in ready:
+            batch, s.batch = s.batch, []
+            if s.closed:  # evicted or refused meanwhile: they belong to the client's next one
+                for d in batch:
+                    self._deliver(s.name, bytes(d), s.pktinfo)
                 continue
-            if s.wakeup != wakeup:
-                s.wakeup = wakeup
-                touch(s.entry)  # type: ignore[arg-type]
-            if wildcard and pktinfo != s.pktinfo:  # it now talks to another local address
-                self._set_pktinfo(s, pktinfo)
-            if s.sock is None:
-                self._queue_pending(s, bytes(view[:n]))
-            elif s.out or s.header is not None:
-                self._send_slow(s, view[:n])
-            else:
+            header = s.header
+            if len(batch) == 1 or not s.gso_max:
+                for k, d in enumerate(batch):
+                    if s.closed or s.out:
+                        self._after_failure(s, batch[k:])
+                        break
+                    self._send_to_target(s, d)
+                continue
+            h = len(header) if header is not None else 0
+            lengths = [h + len(d) for d in batch]
+            send = s.sock.sendmsg  # type: ignore[union-attr]
+            for start, count in gso_runs(lengths, s.gso_max):
+                if s.closed or s.out:
+                    self._after_failure(s, batch[start:])
+                    break
+                if count == 1:
+                    self._send_to_target(s, batch[start])
+                    continue
+                run = batch[start:start + count]
                 try:
-                    s.sock.send(view[:n])
+                    if header is None:
+                        send(run, segment_cmsg(lengths[start]))
+                    else:
+                        send([b for d in run for b in (header, d)], segment_cmsg(lengths[start]))
                 except OSError as e:
-                    self._send_failed(s, view[:n], e)
+                    if e.errno in GSO_REFUSED:  # this path cannot take GSO: one send each
+                        s.gso_max = 0
+                        for d in run:
+                            self._send_slow(s, d)
+                    else:
+                        self._send_failed(s, run[0], e)
+                        self._after_failure(s, run[1:])
+
+    def _after_failure(self, s: UdpClientSession, rest: list[memoryview]) -> None:
+        """The datagrams behind one whose send failed: behind it in the queue, or to the
+        client's next session."""
+        for d in rest:
+            if s.closed:
+                self._deliver(s.name, bytes(d), s.pktinfo)
+            else:
+                self._send_slow(s, d)
 
     def _set_pktinfo(self, s: UdpClientSession, pktinfo: bytes | None) -> tuple:
         """Remember where the client's datagrams arrive; returns that local address."""
@@ -243,10 +357,16 @@ class UdpListenerRelay:
             return self._local
         return (local_ip, self._local[1])
 
-    def _new_session(self, client: tuple, first: bytes, pktinfo: bytes | None = None) -> None:
+    def _new_session(self, name: bytes, first: bytes, pktinfo: bytes | None = None) -> None:
         if not self._running:
             return
-        s = UdpClientSession(client, None)
+        try:
+            client = sockaddr_to_address(name)
+        except ValueError as e:
+            self._log.warning("datagram dropped: %s", e)
+            self._counters.datagrams_dropped += 1
+            return
+        s = UdpClientSession(name, client, None)
         local = self._set_pktinfo(s, pktinfo) if pktinfo is not None else self._local
         if self._header_factory is not None:
             try:
@@ -257,9 +377,9 @@ class UdpListenerRelay:
                 return
         if self._budget is not None and not self._budget.admit_session():
             return  # counted and logged by the budget
-        lookup = self._table.add(self._fd, client, s)
+        lookup = self._table.add(self._fd, name, s)
         s.entry = lookup.session
-        self._by_client[client] = s
+        self._by_name[name] = s
         for evicted in lookup.evicted:  # the table was full: least recently active goes
             self._close(evicted.value)
         self._queue_pending(s, first)
@@ -296,18 +416,19 @@ class UdpListenerRelay:
         sock.setblocking(False)
         s.sock = sock
         s.fd = sock.fileno()
+        s.gso_max = max_segment(sock)
         self._loop.add_reader(s.fd, self._on_target_readable, s)  # type: ignore[union-attr]
         pending, s.pending = s.pending or [], None
         for data in pending:
             if s.closed:  # refused mid-flush: the rest goes to the replacement session
-                self._deliver(s.client, data, s.pktinfo)
+                self._deliver(s.name, data, s.pktinfo)
             else:
                 self._send_slow(s, data)
 
-    def _deliver(self, client: tuple, data: bytes, pktinfo: bytes | None) -> None:
-        s = self._by_client.get(client)
+    def _deliver(self, name: bytes, data: bytes, pktinfo: bytes | None) -> None:
+        s = self._by_name.get(name)
         if s is None:
-            self._new_session(client, data, pktinfo)
+            self._new_session(name, data, pktinfo)
         elif s.sock is None:
             self._queue_pending(s, data)
         else:
@@ -337,9 +458,8 @@ class UdpListenerRelay:
         elif isinstance(err, ConnectionRefusedError):
             # The target answered an earlier datagram with ICMP unreachable. Start over with
             # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
-            client = s.client
             self._drop(s)
-            self._deliver(client, bytes(data), s.pktinfo)
+            self._deliver(s.name, bytes(data), s.pktinfo)
         else:
             self._log.warning("send to target for %r failed, datagram dropped: %s",
                               s.client, err)
@@ -425,8 +545,8 @@ class UdpListenerRelay:
         if self._budget is not None:
             self._budget.release_session()
         s.pending = None
-        if self._by_client.get(s.client) is s:
-            del self._by_client[s.client]
+        if self._by_name.get(s.name) is s:
+            del self._by_name[s.name]
         if s.sock is not None:
             self._loop.remove_reader(s.fd)  # type: ignore[union-attr]
             if s.out:
