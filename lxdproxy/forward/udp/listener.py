@@ -75,6 +75,10 @@ BATCH = 256
 # Datagrams per recvmmsg call (each gets a MAX_DATAGRAM slot: 2 MiB of address space per
 # listener that has seen traffic, resident only as far as datagrams filled it).
 RECV_SLOTS = 32
+# A wakeup that found this many datagrams waiting is a flood: reading pauses COALESCE_DELAY
+# seconds (the event loops' timer resolution) so the next ones come in full batches.
+COALESCE_FROM = 4
+COALESCE_DELAY = 0.001
 # Control messages of one datagram: pktinfo (IPv4 and IPv6 both, on a dual-stack socket) and
 # the GRO segment size.
 CONTROL_SIZE = ANCBUF_SIZE + socket.CMSG_SPACE(4) + 24
@@ -141,6 +145,7 @@ class UdpListenerRelay:
         # Keyed by the client's raw sockaddr, as recvmmsg reports it (no tuple to build).
         self._by_name: dict[bytes, UdpClientSession] = {}
         self._rx: MmsgReceiver | None = None
+        self._resume: asyncio.TimerHandle | None = None  # reading paused to gather a batch
         self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
         self._buf = bytearray(MAX_DATAGRAM)
@@ -196,6 +201,9 @@ class UdpListenerRelay:
         loop = self._loop
         if loop is not None and was_running:
             loop.remove_reader(self._fd)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         self._replies.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -215,6 +223,22 @@ class UdpListenerRelay:
     # -- client -> target --------------------------------------------------------------
 
     def _on_listen_readable(self) -> None:
+        got = self._read_batches()
+        if got >= COALESCE_FROM and self._running:
+            # A flood: let the next datagrams gather in the socket for a moment, so they come
+            # in full batches (one wakeup, recvmmsg and GSO send per many) rather than a
+            # wakeup each. A lone datagram (a query) never waits.
+            self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
+            self._resume = self._loop.call_later(  # type: ignore[union-attr]
+                COALESCE_DELAY, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self._running:
+            self._loop.add_reader(self._fd, self._on_listen_readable)  # type: ignore[union-attr]
+
+    def _read_batches(self) -> int:
+        """Read and forward up to BATCH datagrams; returns how many were read."""
         # The hot path: one recvmmsg per RECV_SLOTS datagrams, then one send per session (a
         # GSO run where the datagrams allow); keep it free of method calls where possible.
         rx = self._rx
@@ -229,6 +253,7 @@ class UdpListenerRelay:
         fd = self._fd
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
+        got = 0
         for _ in range(BATCH // RECV_SLOTS):
             try:
                 n = recv(fd)
@@ -238,7 +263,8 @@ class UdpListenerRelay:
                 self._log.warning("receive failed: %s", e)
                 continue
             if not n:
-                return
+                return got
+            got += n
             ready: list[UdpClientSession] = []
             for i in range(n):
                 w = i * WORDS_PER_MSG
@@ -277,7 +303,8 @@ class UdpListenerRelay:
             if ready:
                 self._flush(ready)
             if n < RECV_SLOTS:
-                return
+                return got
+        return got
 
     def _control_of(self, control: memoryview) -> tuple[bytes | None, int]:
         """(pktinfo, GRO segment size or 0) from one datagram's control messages."""
