@@ -224,10 +224,11 @@ class UdpListenerRelay:
 
     def _on_listen_readable(self) -> None:
         got = self._read_batches()
-        if got >= COALESCE_FROM and self._running:
-            # A flood: let the next datagrams gather in the socket for a moment, so they come
-            # in full batches (one wakeup, recvmmsg and GSO send per many) rather than a
-            # wakeup each. A lone datagram (a query) never waits.
+        if COALESCE_FROM <= got < BATCH and self._running:
+            # A flood that this wakeup drained: let the next datagrams gather in the socket
+            # for a moment, so they come in full batches (one wakeup, recvmmsg and GSO send
+            # per many) rather than a wakeup each. A lone datagram (a query) never waits, nor
+            # does a socket that still holds more than one wakeup takes.
             self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
             self._resume = self._loop.call_later(  # type: ignore[union-attr]
                 COALESCE_DELAY, self._resume_reading)
