@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65536
 # Datagrams handled per wakeup, so one busy socket cannot starve the rest of the loop.
 BATCH = 256
+# The same for the listen socket, which pauses between wakeups under a flood: one wakeup must
+# take what arrives in a pause at the highest rate (~2 ms of work at most).
+LISTEN_BATCH = 1024
 # Datagrams per recvmmsg call (each gets a MAX_DATAGRAM slot: 2 MiB of address space per
 # listener that has seen traffic, resident only as far as datagrams filled it).
 RECV_SLOTS = 32
@@ -224,11 +227,10 @@ class UdpListenerRelay:
 
     def _on_listen_readable(self) -> None:
         got = self._read_batches()
-        if COALESCE_FROM <= got < BATCH and self._running:
+        if got >= COALESCE_FROM and self._running:
             # A flood that this wakeup drained: let the next datagrams gather in the socket
             # for a moment, so they come in full batches (one wakeup, recvmmsg and GSO send
-            # per many) rather than a wakeup each. A lone datagram (a query) never waits, nor
-            # does a socket that still holds more than one wakeup takes.
+            # per many) rather than a wakeup each. A lone datagram (a query) never waits.
             self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
             self._resume = self._loop.call_later(  # type: ignore[union-attr]
                 COALESCE_DELAY, self._resume_reading)
@@ -239,7 +241,7 @@ class UdpListenerRelay:
             self._loop.add_reader(self._fd, self._on_listen_readable)  # type: ignore[union-attr]
 
     def _read_batches(self) -> int:
-        """Read and forward up to BATCH datagrams; returns how many were read."""
+        """Read and forward up to LISTEN_BATCH datagrams; returns how many were read."""
         # The hot path: one recvmmsg per RECV_SLOTS datagrams, then one send per session (a
         # GSO run where the datagrams allow); keep it free of method calls where possible.
         rx = self._rx
@@ -255,7 +257,7 @@ class UdpListenerRelay:
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
         got = 0
-        for _ in range(BATCH // RECV_SLOTS):
+        for _ in range(LISTEN_BATCH // RECV_SLOTS):
             try:
                 n = recv(fd)
             except OSError as e:

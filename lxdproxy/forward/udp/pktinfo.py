@@ -46,14 +46,6 @@ def is_pktinfo(level: int, kind: int) -> bool:
     return (level, kind) in _PKTINFO_KINDS
 
 
-def pktinfo_bytes(ancdata: list[tuple[int, int, bytes]]) -> bytes | None:
-    """The raw pktinfo of one received datagram (cheap: the hot path compares these)."""
-    for level, kind, data in ancdata:
-        if (level, kind) in _PKTINFO_KINDS:
-            return data
-    return None
-
-
 def parse_pktinfo(raw: bytes) -> tuple[str, list[Cmsg]]:
     """(the datagram's destination IP, the control messages that make a reply leave from the
     local address it reached). Raises ValueError on data that is neither pktinfo."""
