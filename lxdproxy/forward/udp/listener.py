@@ -23,7 +23,6 @@ Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -37,9 +36,7 @@ from lxdproxy.forward.udp.gso import (
     UDP_GRO,
     enable_gro,
     gro_segment,
-    gso_runs,
     max_segment,
-    segment_cmsg,
     split_gro,
 )
 from lxdproxy.forward.udp.mmsg import (
@@ -60,10 +57,11 @@ from lxdproxy.forward.udp.pktinfo import (
     is_wildcard,
     parse_pktinfo,
 )
-from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
+from lxdproxy.forward.udp.reply_queue import ReplyQueue
 from lxdproxy.forward.udp.session import UdpClientSession
 from lxdproxy.forward.udp.sessions import UdpSessionTable
 from lxdproxy.forward.udp.stream_bridge import relay_stream_to_datagram
+from lxdproxy.forward.udp.target_send import TargetSender
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +83,6 @@ COALESCE_DELAY = 0.001
 # Control messages of one datagram: pktinfo (IPv4 and IPv6 both, on a dual-stack socket) and
 # the GRO segment size.
 CONTROL_SIZE = ANCBUF_SIZE + socket.CMSG_SPACE(4) + 24
-# A GSO send the path refused (no offload, an MTU below the segment): send one by one.
-GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT,
-                         errno.EOPNOTSUPP})
 # While a new session's target socket is being opened, its client's datagrams wait here.
 PENDING_MAX_DATAGRAMS = 64
 PENDING_MAX_BYTES = 256 * 1024
@@ -155,6 +150,7 @@ class UdpListenerRelay:
         self._view = memoryview(self._buf)
         self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
         self._replies = ReplyQueue(listen_sock, self._log, self._counters)
+        self._sender = TargetSender(self._log, self._counters, self._drop, self._deliver)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -171,7 +167,7 @@ class UdpListenerRelay:
         """Start serving on the running loop."""
         if self._running:
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._sender.loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
         self._running = True
         if self._wildcard:
@@ -299,12 +295,12 @@ class UdpListenerRelay:
                         continue
                 # The slow path may open, evict or drop sessions: send what waits first.
                 if ready:
-                    self._flush(ready)
+                    self._sender.flush(ready)
                     ready = []
                 for d in dgrams:
                     self._deliver(name, bytes(d), pktinfo)
             if ready:
-                self._flush(ready)
+                self._sender.flush(ready)
             if n < RECV_SLOTS:
                 return got
         return got
@@ -321,57 +317,6 @@ class UdpListenerRelay:
         except ValueError as e:
             self._log.warning("%s", e)
         return pktinfo, segment
-
-    def _flush(self, ready: list[UdpClientSession]) -> None:
-        """Send each session's datagrams of this batch, in order: GSO runs where they are alike,
-        one send each otherwise."""
-        for s in ready:
-            batch, s.batch = s.batch, []
-            if s.closed:  # evicted or refused meanwhile: they belong to the client's next one
-                for d in batch:
-                    self._deliver(s.name, bytes(d), s.pktinfo)
-                continue
-            header = s.header
-            if len(batch) == 1 or not s.gso_max:
-                for k, d in enumerate(batch):
-                    if s.closed or s.out:
-                        self._after_failure(s, batch[k:])
-                        break
-                    self._send_to_target(s, d)
-                continue
-            h = len(header) if header is not None else 0
-            lengths = [h + len(d) for d in batch]
-            send = s.sock.sendmsg  # type: ignore[union-attr]
-            for start, count in gso_runs(lengths, s.gso_max):
-                if s.closed or s.out:
-                    self._after_failure(s, batch[start:])
-                    break
-                if count == 1:
-                    self._send_to_target(s, batch[start])
-                    continue
-                run = batch[start:start + count]
-                try:
-                    if header is None:
-                        send(run, segment_cmsg(lengths[start]))
-                    else:
-                        send([b for d in run for b in (header, d)], segment_cmsg(lengths[start]))
-                except OSError as e:
-                    if e.errno in GSO_REFUSED:  # this path cannot take GSO: one send each
-                        s.gso_max = 0
-                        for d in run:
-                            self._send_slow(s, d)
-                    else:
-                        self._send_failed(s, run[0], e)
-                        self._after_failure(s, run[1:])
-
-    def _after_failure(self, s: UdpClientSession, rest: list[memoryview]) -> None:
-        """The datagrams behind one whose send failed: behind it in the queue, or to the
-        client's next session."""
-        for d in rest:
-            if s.closed:
-                self._deliver(s.name, bytes(d), s.pktinfo)
-            else:
-                self._send_slow(s, d)
 
     def _set_pktinfo(self, s: UdpClientSession, pktinfo: bytes | None) -> tuple:
         """Remember where the client's datagrams arrive; returns that local address."""
@@ -453,7 +398,7 @@ class UdpListenerRelay:
             if s.closed:  # refused mid-flush: the rest goes to the replacement session
                 self._deliver(s.name, data, s.pktinfo)
             else:
-                self._send_slow(s, data)
+                self._sender.send_slow(s, data)
 
     def _deliver(self, name: bytes, data: bytes, pktinfo: bytes | None) -> None:
         s = self._by_name.get(name)
@@ -462,61 +407,7 @@ class UdpListenerRelay:
         elif s.sock is None:
             self._queue_pending(s, data)
         else:
-            self._send_slow(s, data)
-
-    def _send_slow(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        """Send (or retry) one datagram to the target: with a header, behind a backlog, or
-        after the fast path's send failed."""
-        if s.out:
-            self._queue_out(s, data)
-        else:
-            self._send_to_target(s, data)
-
-    def _send_to_target(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        try:
-            if s.header is None:
-                s.sock.send(data)  # type: ignore[union-attr]
-            else:
-                s.sock.sendmsg((s.header, data))  # type: ignore[union-attr]
-        except OSError as e:
-            self._send_failed(s, data, e)
-
-    def _send_failed(self, s: UdpClientSession, data: memoryview | bytes, err: OSError) -> None:
-        if isinstance(err, (BlockingIOError, InterruptedError)):
-            self._queue_out(s, data)
-            self._loop.add_writer(s.fd, self._on_target_writable, s)  # type: ignore[union-attr]
-        elif isinstance(err, ConnectionRefusedError):
-            # The target answered an earlier datagram with ICMP unreachable. Start over with
-            # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
-            self._drop(s)
-            self._deliver(s.name, bytes(data), s.pktinfo)
-        else:
-            self._log.warning("send to target for %r failed, datagram dropped: %s",
-                              s.client, err)
-            self._counters.datagrams_dropped += 1
-
-    def _queue_out(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
-            self._log.warning("target for %r is not draining: datagram dropped", s.client)
-            self._counters.datagrams_dropped += 1
-            return
-        s.out.append(bytes(data) if s.header is None else s.header + bytes(data))
-
-    def _on_target_writable(self, s: UdpClientSession) -> None:
-        out = s.out
-        while out:
-            try:
-                s.sock.send(out[0])  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                # Reported for an earlier datagram; the reader drops the session.
-                self._counters.datagrams_dropped += 1
-            except OSError as e:
-                self._log.warning("send to target for %r failed: %s", s.client, e)
-                self._counters.datagrams_dropped += 1
-            out.popleft()
-        self._loop.remove_writer(s.fd)  # type: ignore[union-attr]
+            self._sender.send_slow(s, data)
 
     # -- target -> client --------------------------------------------------------------
 
