@@ -156,3 +156,84 @@ def test_target_path_takes_gso(lab):
     sock.connect(("127.0.0.1", 9))
     assert max_segment(sock) == 65535 - 28  # loopback's MTU less the IP and UDP headers
     sock.close()
+
+
+# Replies: same-size runs (GSO sends to the client), sizes past the client path's MTU (1,500 on
+# the lab's bridge: the kernel refuses those as GSO segments), runs again after them.
+REPLY_SIZES = [64] * 60 + [1000] * 20 + [2000] * 6 + [1400] * 5 + [7, 7] + [64] * 10
+
+
+async def _burst_back(server: socket.socket, peer: tuple, payloads: list[bytes]) -> None:
+    """Send the replies from the loop's thread in chunks the relay's target socket holds, so
+    the relay reads each chunk as one batch."""
+    for at in range(0, len(payloads), 25):
+        for p in payloads[at:at + 25]:
+            server.sendto(p, peer)
+        await asyncio.sleep(0.02)
+
+
+def _receive(client: socket.socket, count: int) -> list[bytes]:
+    return [client.recv(65536) for _ in range(count)]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_reply_burst_reaches_the_client_whole_and_in_order(lab, loop_kind):
+    inst = lab.add_instance()
+    server = inst.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    listen = udp_listener(lab.host, lab.host.ipv4)
+    client = udp_client(lab.add_client())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    client.connect((lab.host.ipv4, listen.getsockname()[1]))
+    payloads = _payloads(REPLY_SIZES)
+
+    async def main():
+        relay = UdpListenerRelay(listen, server.getsockname()[1], target_opener(inst))
+        relay.start()
+        await asyncio.to_thread(client.send, b"go")
+        _data, peer = await asyncio.to_thread(server.recvfrom, 100)
+        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, client, len(payloads)))
+        await _burst_back(server, peer, payloads)
+        got = await receiving
+        await relay.stop()
+        return got
+
+    try:
+        assert run(loop_kind, main()) == payloads
+    finally:
+        server.close()
+
+
+SECOND_V4 = "198.18.0.254"
+
+
+def test_wildcard_reply_burst_comes_from_the_address_the_client_used(lab):
+    """A GSO reply carries the pktinfo control message too: a connected client (it drops
+    datagrams from any other source) still gets every reply."""
+    lab.host.run(["ip", "addr", "add", f"{SECOND_V4}/24", "dev", "br0"])
+    inst = lab.add_instance()
+    server = inst.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    listen = udp_listener(lab.host, "0.0.0.0")
+    client = udp_client(inst)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    client.connect((SECOND_V4, listen.getsockname()[1]))
+    payloads = _payloads(REPLY_SIZES)
+
+    async def main():
+        relay = UdpListenerRelay(listen, server.getsockname()[1], target_opener(inst))
+        relay.start()
+        await asyncio.to_thread(client.send, b"go")
+        _data, peer = await asyncio.to_thread(server.recvfrom, 100)
+        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, client, len(payloads)))
+        await _burst_back(server, peer, payloads)
+        got = await receiving
+        await relay.stop()
+        return got
+
+    try:
+        assert run("uvloop", main()) == payloads
+    finally:
+        server.close()

@@ -8,6 +8,7 @@ The grouping is pure: datagram lengths in, runs out.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
@@ -20,6 +21,9 @@ UDP_GRO = 104
 MAX_SEGMENTS = 64
 # One GSO send is one IP datagram before segmentation: its UDP payload fits in 64 KiB.
 MAX_RUN_BYTES = 65507
+# A GSO send the path refused (no offload, an MTU below the segment): send one by one.
+GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT,
+                         errno.EOPNOTSUPP})
 _IP_MTU = 14
 _IPV6_MTU = 24
 _U16 = struct.Struct("=H")

@@ -146,8 +146,6 @@ class UdpListenerRelay:
         self._resume: asyncio.TimerHandle | None = None  # reading paused to gather a batch
         self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
-        self._buf = bytearray(MAX_DATAGRAM)
-        self._view = memoryview(self._buf)
         self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
         self._replies = ReplyQueue(listen_sock, self._log, self._counters)
         self._sender = TargetSender(self._log, self._counters, self._drop, self._deliver)
@@ -240,9 +238,7 @@ class UdpListenerRelay:
         """Read and forward up to LISTEN_BATCH datagrams; returns how many were read."""
         # The hot path: one recvmmsg per RECV_SLOTS datagrams, then one send per session (a
         # GSO run where the datagrams allow); keep it free of method calls where possible.
-        rx = self._rx
-        if rx is None:  # first traffic: the buffers of an idle listener are never mapped
-            rx = self._rx = MmsgReceiver(RECV_SLOTS, MAX_DATAGRAM, CONTROL_SIZE)
+        rx = self._receiver()
         recv = rx.recv
         words, qwords, data, names = rx.words, rx.qwords, rx.data, rx.names
         by_name = self._by_name
@@ -304,6 +300,13 @@ class UdpListenerRelay:
             if n < RECV_SLOTS:
                 return got
         return got
+
+    def _receiver(self) -> MmsgReceiver:
+        """The receive buffers, shared by the listen socket and every session's target socket
+        (each callback is done with them when it returns)."""
+        if self._rx is None:  # first traffic: the buffers of an idle listener are never mapped
+            self._rx = MmsgReceiver(RECV_SLOTS, MAX_DATAGRAM, CONTROL_SIZE)
+        return self._rx
 
     def _control_of(self, control: memoryview) -> tuple[bytes | None, int]:
         """(pktinfo, GRO segment size or 0) from one datagram's control messages."""
@@ -412,41 +415,29 @@ class UdpListenerRelay:
     # -- target -> client --------------------------------------------------------------
 
     def _on_target_readable(self, s: UdpClientSession) -> None:
-        recv_into = s.sock.recv_into  # type: ignore[union-attr]
-        buf = self._buf
-        view = self._view
-        client = s.client
-        cmsg = s.reply_cmsg
-        replies = self._replies
-        sendto = self._sock.sendto
+        rx = self._receiver()
+        words, data = rx.words, rx.data
         counters = self._counters
-        got = False
-        for _ in range(BATCH):
+        got = 0
+        for _ in range(BATCH // RECV_SLOTS):
             try:
-                n = recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
+                n = rx.recv(s.fd)
             except OSError as e:
                 # ECONNREFUSED: ICMP unreachable from the target. Drop the session so the
                 # client's next datagram re-creates it (LXD bug §9.10).
-                self._log.info("target for %r failed, session dropped: %s", client, e)
+                self._log.info("target for %r failed, session dropped: %s", s.client, e)
                 self._drop(s)
                 return
-            got = True
-            counters.datagrams_out += 1
-            counters.bytes_out += n
-            if replies:
-                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
-                continue
-            try:
-                if cmsg is None:
-                    sendto(view[:n], client)
-                else:
-                    self._sock.sendmsg((view[:n],), cmsg, 0, client)
-            except (BlockingIOError, InterruptedError):
-                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
-            except OSError as e:
-                replies.failed(view[:n], client, cmsg, e)
+            if not n:
+                break
+            batch = [data[i * MAX_DATAGRAM:i * MAX_DATAGRAM + words[i * WORDS_PER_MSG + LEN_WORD]]
+                     for i in range(n)]
+            counters.datagrams_out += n
+            counters.bytes_out += sum(len(d) for d in batch)
+            self._replies.send_batch(self._loop, s, batch)  # type: ignore[arg-type]
+            got += n
+            if n < RECV_SLOTS:
+                break
         if got:
             self._now = self._loop.time()  # type: ignore[union-attr]
             self._table.touch(s.entry)  # type: ignore[arg-type]  # replies reset the timer too

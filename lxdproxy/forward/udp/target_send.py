@@ -9,18 +9,13 @@ any) in front of each; others one send each. A send that would block queues the 
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Callable
 
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
-from lxdproxy.forward.udp.gso import gso_runs, segment_cmsg
+from lxdproxy.forward.udp.gso import GSO_REFUSED, gso_runs, segment_cmsg
 from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS
 from lxdproxy.forward.udp.session import UdpClientSession
-
-# A GSO send the path refused (no offload, an MTU below the segment): send one by one.
-GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT,
-                         errno.EOPNOTSUPP})
 
 
 class TargetSender:
