@@ -9,9 +9,9 @@ import pytest
 
 from lxdproxy.forward.udp.pktinfo import (
     IP_PKTINFO,
+    is_pktinfo,
     is_wildcard,
     parse_pktinfo,
-    pktinfo_bytes,
 )
 
 
@@ -41,11 +41,11 @@ def test_garbage_is_a_value_error():
         parse_pktinfo(b"\1\2\3")
 
 
-def test_pktinfo_bytes_picks_the_pktinfo_message():
-    v4 = _in_pktinfo(1, "127.0.0.1", "127.0.0.1")
-    assert pktinfo_bytes([(socket.IPPROTO_IP, IP_PKTINFO, v4)]) == v4
-    assert pktinfo_bytes([(socket.SOL_SOCKET, 29, b"x" * 8)]) is None
-    assert pktinfo_bytes([]) is None
+def test_is_pktinfo_knows_both_families():
+    assert is_pktinfo(socket.IPPROTO_IP, IP_PKTINFO)
+    assert is_pktinfo(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+    assert not is_pktinfo(socket.SOL_SOCKET, 29)
+    assert not is_pktinfo(17, 104)  # UDP_GRO
 
 
 @pytest.mark.parametrize(("host", "expected"), [

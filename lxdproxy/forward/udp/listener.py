@@ -3,9 +3,13 @@
 relay_stream_to_datagram``).
 
 Both run on the daemon's one event loop with ``loop.add_reader`` callbacks that drain their
-socket without blocking (many datagrams per wakeup, one preallocated 64 KiB buffer, ``sendto``
-straight away) and fall back to ``add_writer`` only when a send would block. This works the
-same under asyncio and uvloop.
+socket without blocking and fall back to ``add_writer`` only when a send would block. This
+works the same under asyncio and uvloop. udp->udp works in batches, both ways: ``recvmmsg``
+reads up to RECV_SLOTS datagrams per call (``mmsg``; one 64 KiB slot each, so nothing is
+truncated), a run of alike datagrams of one session leaves as one GSO send (``gso``,
+``target_send``, ``reply_queue``), and UDP_GRO lets the kernel hand over a client's run as one
+buffer. Under a flood the listen socket is read at most once per COALESCE_DELAY, so batches
+are full: CPU per datagram, not wakeups, is what the 2-core machine runs out of.
 
 Where we differ from LXD's forkproxy on purpose (spec §4.4, §9.10):
 - sessions are keyed by (listen socket, client address): LXD keeps one process-global table
@@ -31,17 +35,37 @@ from lxdproxy.forward.budget import DeviceBudget
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.limits import UDP_IDLE_TIMEOUT
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.gso import (
+    SOL_UDP,
+    UDP_GRO,
+    enable_gro,
+    gro_segment,
+    max_segment,
+    split_gro,
+)
+from lxdproxy.forward.udp.mmsg import (
+    CONTROLLEN_QWORD,
+    LEN_WORD,
+    NAME_SIZE,
+    NAMELEN_WORD,
+    QWORDS_PER_MSG,
+    WORDS_PER_MSG,
+    MmsgReceiver,
+    iter_cmsgs,
+    sockaddr_to_address,
+)
 from lxdproxy.forward.udp.pktinfo import (
     ANCBUF_SIZE,
     enable_pktinfo,
+    is_pktinfo,
     is_wildcard,
     parse_pktinfo,
-    pktinfo_bytes,
 )
-from lxdproxy.forward.udp.reply_queue import SEND_QUEUE_MAX_DATAGRAMS, ReplyQueue
+from lxdproxy.forward.udp.reply_queue import ReplyQueue
 from lxdproxy.forward.udp.session import UdpClientSession
 from lxdproxy.forward.udp.sessions import UdpSessionTable
 from lxdproxy.forward.udp.stream_bridge import relay_stream_to_datagram
+from lxdproxy.forward.udp.target_send import TargetSender
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +74,19 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65536
 # Datagrams handled per wakeup, so one busy socket cannot starve the rest of the loop.
 BATCH = 256
+# The same for the listen socket, which pauses between wakeups under a flood: one wakeup must
+# take what arrives in a pause at the highest rate (~2 ms of work at most).
+LISTEN_BATCH = 1024
+# Datagrams per recvmmsg call (each gets a MAX_DATAGRAM slot: 2 MiB of address space per
+# listener that has seen traffic, resident only as far as datagrams filled it).
+RECV_SLOTS = 32
+# A wakeup that found this many datagrams waiting is a flood: reading pauses COALESCE_DELAY
+# seconds (the event loops' timer resolution) so the next ones come in full batches.
+COALESCE_FROM = 4
+COALESCE_DELAY = 0.001
+# Control messages of one datagram: pktinfo (IPv4 and IPv6 both, on a dual-stack socket) and
+# the GRO segment size.
+CONTROL_SIZE = ANCBUF_SIZE + socket.CMSG_SPACE(4) + 24
 # While a new session's target socket is being opened, its client's datagrams wait here.
 PENDING_MAX_DATAGRAMS = 64
 PENDING_MAX_BYTES = 256 * 1024
@@ -107,13 +144,15 @@ class UdpListenerRelay:
             self._clock, idle_timeout=idle_timeout, max_sessions=max_sessions)
         # The hot path looks clients up here (one dict lookup) and touches the table only
         # once per session per wakeup; the table stays the authority on expiry and eviction.
-        self._by_client: dict[tuple, UdpClientSession] = {}
+        # Keyed by the client's raw sockaddr, as recvmmsg reports it (no tuple to build).
+        self._by_name: dict[bytes, UdpClientSession] = {}
+        self._rx: MmsgReceiver | None = None
+        self._resume: asyncio.TimerHandle | None = None  # reading paused to gather a batch
         self._wakeup = 0
         self._now = 0.0  # loop time, read once per wakeup
-        self._buf = bytearray(MAX_DATAGRAM)
-        self._view = memoryview(self._buf)
         self._log = RateLimitedLog(log, f"udp relay {self._local!r}")
         self._replies = ReplyQueue(listen_sock, self._log, self._counters)
+        self._sender = TargetSender(self._log, self._counters, self._drop, self._deliver)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -130,11 +169,14 @@ class UdpListenerRelay:
         """Start serving on the running loop."""
         if self._running:
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._sender.loop = asyncio.get_running_loop()
         self._sock.setblocking(False)
         self._running = True
         if self._wildcard:
             enable_pktinfo(self._sock)
+        # Where the kernel can, a client's run of datagrams arrives as one buffer (and often
+        # leaves as one GSO send).
+        enable_gro(self._sock)
         if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < LISTEN_RCVBUF:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
         self._loop.add_reader(self._fd, self._on_listen_readable)
@@ -160,6 +202,9 @@ class UdpListenerRelay:
         loop = self._loop
         if loop is not None and was_running:
             loop.remove_reader(self._fd)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         self._replies.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -179,55 +224,106 @@ class UdpListenerRelay:
     # -- client -> target --------------------------------------------------------------
 
     def _on_listen_readable(self) -> None:
-        # The hot path: keep it free of method calls and allocations where possible.
-        wildcard = self._wildcard
-        recvfrom_into = self._sock.recvfrom_into
-        recvmsg_into = self._sock.recvmsg_into
-        buf = self._buf
-        buffers = (buf,)
-        view = self._view
-        by_client = self._by_client
+        got = self._read_batches()
+        if got >= COALESCE_FROM and self._running:
+            # A flood that this wakeup drained: let the next datagrams gather in the socket
+            # for a moment, so they come in full batches (one wakeup, recvmmsg and GSO send
+            # per many) rather than a wakeup each. A lone datagram (a query) never waits.
+            self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
+            self._resume = self._loop.call_later(  # type: ignore[union-attr]
+                COALESCE_DELAY, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self._running:
+            self._loop.add_reader(self._fd, self._on_listen_readable)  # type: ignore[union-attr]
+
+    def _read_batches(self) -> int:
+        """Read and forward up to LISTEN_BATCH datagrams; returns how many were read."""
+        # The hot path: one recvmmsg per RECV_SLOTS datagrams, then one send per session (a
+        # GSO run where the datagrams allow); keep it free of method calls where possible.
+        rx = self._receiver()
+        recv = rx.recv
+        words, qwords, data, names = rx.words, rx.qwords, rx.data, rx.names
+        by_name = self._by_name
         touch = self._table.touch
         counters = self._counters
-        pktinfo = None
+        wildcard = self._wildcard
+        fd = self._fd
         self._now = self._loop.time()  # type: ignore[union-attr]
         self._wakeup = wakeup = self._wakeup + 1
-        for _ in range(BATCH):
+        got = 0
+        for _ in range(LISTEN_BATCH // RECV_SLOTS):
             try:
-                if wildcard:
-                    n, ancdata, _flags, client = recvmsg_into(buffers, ANCBUF_SIZE)
-                    # Only pktinfo was asked for, so it is the one message (unless the
-                    # caller set more socket options).
-                    pktinfo = ancdata[0][2] if len(ancdata) == 1 else pktinfo_bytes(ancdata)
-                else:
-                    n, client = recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
+                n = recv(fd)
             except OSError as e:
                 # An unconnected socket only sees ICMP errors with IP_RECVERR; anything else
                 # is consumed by this read, so keep going.
                 self._log.warning("receive failed: %s", e)
                 continue
-            counters.datagrams_in += 1
-            counters.bytes_in += n
-            s = by_client.get(client)
-            if s is None:
-                self._new_session(client, bytes(view[:n]), pktinfo)
-                continue
-            if s.wakeup != wakeup:
-                s.wakeup = wakeup
-                touch(s.entry)  # type: ignore[arg-type]
-            if wildcard and pktinfo != s.pktinfo:  # it now talks to another local address
-                self._set_pktinfo(s, pktinfo)
-            if s.sock is None:
-                self._queue_pending(s, bytes(view[:n]))
-            elif s.out or s.header is not None:
-                self._send_slow(s, view[:n])
-            else:
-                try:
-                    s.sock.send(view[:n])
-                except OSError as e:
-                    self._send_failed(s, view[:n], e)
+            if not n:
+                return got
+            got += n
+            ready: list[UdpClientSession] = []
+            for i in range(n):
+                w = i * WORDS_PER_MSG
+                length = words[w + LEN_WORD]
+                at = i * MAX_DATAGRAM
+                name = names[i * NAME_SIZE:i * NAME_SIZE + words[w + NAMELEN_WORD]].tobytes()
+                pktinfo, segment = None, 0
+                controllen = qwords[i * QWORDS_PER_MSG + CONTROLLEN_QWORD]
+                if controllen:
+                    ctl = i * CONTROL_SIZE
+                    pktinfo, segment = self._control_of(rx.control[ctl:ctl + controllen])
+                if segment:  # GRO: a run of datagrams of one client in one buffer
+                    dgrams = [data[at + o:at + o + m] for o, m in split_gro(length, segment)]
+                else:
+                    dgrams = [data[at:at + length]]
+                counters.datagrams_in += len(dgrams)
+                counters.bytes_in += length
+                s = by_name.get(name)
+                if s is not None:
+                    if s.wakeup != wakeup:
+                        s.wakeup = wakeup
+                        touch(s.entry)  # type: ignore[arg-type]
+                    if wildcard and pktinfo != s.pktinfo:  # it talks to another local address
+                        self._set_pktinfo(s, pktinfo)
+                    if s.sock is not None and not s.out:
+                        if not s.batch:
+                            ready.append(s)
+                        s.batch += dgrams
+                        continue
+                # The slow path may open, evict or drop sessions: send what waits first.
+                if ready:
+                    self._sender.flush(ready)
+                    ready = []
+                for d in dgrams:
+                    self._deliver(name, bytes(d), pktinfo)
+            if ready:
+                self._sender.flush(ready)
+            if n < RECV_SLOTS:
+                return got
+        return got
+
+    def _receiver(self) -> MmsgReceiver:
+        """The receive buffers, shared by the listen socket and every session's target socket
+        (each callback is done with them when it returns)."""
+        if self._rx is None:  # first traffic: the buffers of an idle listener are never mapped
+            self._rx = MmsgReceiver(RECV_SLOTS, MAX_DATAGRAM, CONTROL_SIZE)
+        return self._rx
+
+    def _control_of(self, control: memoryview) -> tuple[bytes | None, int]:
+        """(pktinfo, GRO segment size or 0) from one datagram's control messages."""
+        pktinfo, segment = None, 0
+        try:
+            for level, kind, value in iter_cmsgs(control):
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = gro_segment(value)
+                elif pktinfo is None and is_pktinfo(level, kind):
+                    pktinfo = value
+        except ValueError as e:
+            self._log.warning("%s", e)
+        return pktinfo, segment
 
     def _set_pktinfo(self, s: UdpClientSession, pktinfo: bytes | None) -> tuple:
         """Remember where the client's datagrams arrive; returns that local address."""
@@ -243,10 +339,16 @@ class UdpListenerRelay:
             return self._local
         return (local_ip, self._local[1])
 
-    def _new_session(self, client: tuple, first: bytes, pktinfo: bytes | None = None) -> None:
+    def _new_session(self, name: bytes, first: bytes, pktinfo: bytes | None = None) -> None:
         if not self._running:
             return
-        s = UdpClientSession(client, None)
+        try:
+            client = sockaddr_to_address(name)
+        except ValueError as e:
+            self._log.warning("datagram dropped: %s", e)
+            self._counters.datagrams_dropped += 1
+            return
+        s = UdpClientSession(name, client, None)
         local = self._set_pktinfo(s, pktinfo) if pktinfo is not None else self._local
         if self._header_factory is not None:
             try:
@@ -257,9 +359,9 @@ class UdpListenerRelay:
                 return
         if self._budget is not None and not self._budget.admit_session():
             return  # counted and logged by the budget
-        lookup = self._table.add(self._fd, client, s)
+        lookup = self._table.add(self._fd, name, s)
         s.entry = lookup.session
-        self._by_client[client] = s
+        self._by_name[name] = s
         for evicted in lookup.evicted:  # the table was full: least recently active goes
             self._close(evicted.value)
         self._queue_pending(s, first)
@@ -296,116 +398,50 @@ class UdpListenerRelay:
         sock.setblocking(False)
         s.sock = sock
         s.fd = sock.fileno()
+        s.gso_max = max_segment(sock)
         self._loop.add_reader(s.fd, self._on_target_readable, s)  # type: ignore[union-attr]
         pending, s.pending = s.pending or [], None
         for data in pending:
             if s.closed:  # refused mid-flush: the rest goes to the replacement session
-                self._deliver(s.client, data, s.pktinfo)
+                self._deliver(s.name, data, s.pktinfo)
             else:
-                self._send_slow(s, data)
+                self._sender.send_slow(s, data)
 
-    def _deliver(self, client: tuple, data: bytes, pktinfo: bytes | None) -> None:
-        s = self._by_client.get(client)
+    def _deliver(self, name: bytes, data: bytes, pktinfo: bytes | None) -> None:
+        s = self._by_name.get(name)
         if s is None:
-            self._new_session(client, data, pktinfo)
+            self._new_session(name, data, pktinfo)
         elif s.sock is None:
             self._queue_pending(s, data)
         else:
-            self._send_slow(s, data)
-
-    def _send_slow(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        """Send (or retry) one datagram to the target: with a header, behind a backlog, or
-        after the fast path's send failed."""
-        if s.out:
-            self._queue_out(s, data)
-        else:
-            self._send_to_target(s, data)
-
-    def _send_to_target(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        try:
-            if s.header is None:
-                s.sock.send(data)  # type: ignore[union-attr]
-            else:
-                s.sock.sendmsg((s.header, data))  # type: ignore[union-attr]
-        except OSError as e:
-            self._send_failed(s, data, e)
-
-    def _send_failed(self, s: UdpClientSession, data: memoryview | bytes, err: OSError) -> None:
-        if isinstance(err, (BlockingIOError, InterruptedError)):
-            self._queue_out(s, data)
-            self._loop.add_writer(s.fd, self._on_target_writable, s)  # type: ignore[union-attr]
-        elif isinstance(err, ConnectionRefusedError):
-            # The target answered an earlier datagram with ICMP unreachable. Start over with
-            # a fresh session carrying this datagram (LXD bug §9.10 left the client stranded).
-            client = s.client
-            self._drop(s)
-            self._deliver(client, bytes(data), s.pktinfo)
-        else:
-            self._log.warning("send to target for %r failed, datagram dropped: %s",
-                              s.client, err)
-            self._counters.datagrams_dropped += 1
-
-    def _queue_out(self, s: UdpClientSession, data: memoryview | bytes) -> None:
-        if len(s.out) >= SEND_QUEUE_MAX_DATAGRAMS:
-            self._log.warning("target for %r is not draining: datagram dropped", s.client)
-            self._counters.datagrams_dropped += 1
-            return
-        s.out.append(bytes(data) if s.header is None else s.header + bytes(data))
-
-    def _on_target_writable(self, s: UdpClientSession) -> None:
-        out = s.out
-        while out:
-            try:
-                s.sock.send(out[0])  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                # Reported for an earlier datagram; the reader drops the session.
-                self._counters.datagrams_dropped += 1
-            except OSError as e:
-                self._log.warning("send to target for %r failed: %s", s.client, e)
-                self._counters.datagrams_dropped += 1
-            out.popleft()
-        self._loop.remove_writer(s.fd)  # type: ignore[union-attr]
+            self._sender.send_slow(s, data)
 
     # -- target -> client --------------------------------------------------------------
 
     def _on_target_readable(self, s: UdpClientSession) -> None:
-        recv_into = s.sock.recv_into  # type: ignore[union-attr]
-        buf = self._buf
-        view = self._view
-        client = s.client
-        cmsg = s.reply_cmsg
-        replies = self._replies
-        sendto = self._sock.sendto
+        rx = self._receiver()
+        words, data = rx.words, rx.data
         counters = self._counters
-        got = False
-        for _ in range(BATCH):
+        got = 0
+        for _ in range(BATCH // RECV_SLOTS):
             try:
-                n = recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                break
+                n = rx.recv(s.fd)
             except OSError as e:
                 # ECONNREFUSED: ICMP unreachable from the target. Drop the session so the
                 # client's next datagram re-creates it (LXD bug §9.10).
-                self._log.info("target for %r failed, session dropped: %s", client, e)
+                self._log.info("target for %r failed, session dropped: %s", s.client, e)
                 self._drop(s)
                 return
-            got = True
-            counters.datagrams_out += 1
-            counters.bytes_out += n
-            if replies:
-                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
-                continue
-            try:
-                if cmsg is None:
-                    sendto(view[:n], client)
-                else:
-                    self._sock.sendmsg((view[:n],), cmsg, 0, client)
-            except (BlockingIOError, InterruptedError):
-                replies.put(self._loop, view[:n], client, cmsg)  # type: ignore[arg-type]
-            except OSError as e:
-                replies.failed(view[:n], client, cmsg, e)
+            if not n:
+                break
+            batch = [data[i * MAX_DATAGRAM:i * MAX_DATAGRAM + words[i * WORDS_PER_MSG + LEN_WORD]]
+                     for i in range(n)]
+            counters.datagrams_out += n
+            counters.bytes_out += sum(len(d) for d in batch)
+            self._replies.send_batch(self._loop, s, batch)  # type: ignore[arg-type]
+            got += n
+            if n < RECV_SLOTS:
+                break
         if got:
             self._now = self._loop.time()  # type: ignore[union-attr]
             self._table.touch(s.entry)  # type: ignore[arg-type]  # replies reset the timer too
@@ -425,8 +461,8 @@ class UdpListenerRelay:
         if self._budget is not None:
             self._budget.release_session()
         s.pending = None
-        if self._by_client.get(s.client) is s:
-            del self._by_client[s.client]
+        if self._by_name.get(s.name) is s:
+            del self._by_name[s.name]
         if s.sock is not None:
             self._loop.remove_reader(s.fd)  # type: ignore[union-attr]
             if s.out:

@@ -27,6 +27,7 @@ _NO_ADDR4 = b"\0" * 4
 _NO_IFINDEX = b"\0" * 4
 
 Cmsg = tuple[int, int, bytes]
+_PKTINFO_KINDS = ((socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO))
 
 
 def is_wildcard(host: str) -> bool:
@@ -41,13 +42,8 @@ def enable_pktinfo(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
 
 
-def pktinfo_bytes(ancdata: list[tuple[int, int, bytes]]) -> bytes | None:
-    """The raw pktinfo of one received datagram (cheap: the hot path compares these)."""
-    for level, kind, data in ancdata:
-        if (level, kind) in ((socket.IPPROTO_IP, IP_PKTINFO),
-                             (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)):
-            return data
-    return None
+def is_pktinfo(level: int, kind: int) -> bool:
+    return (level, kind) in _PKTINFO_KINDS
 
 
 def parse_pktinfo(raw: bytes) -> tuple[str, list[Cmsg]]:

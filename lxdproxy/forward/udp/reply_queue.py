@@ -1,8 +1,10 @@
 """Replies of a udp->udp relay, sent from its listen socket back to the clients.
 
-The relay sends straight away with ``sendto`` (or ``sendmsg`` with IP_PKTINFO on a wildcard
-listener); only when the socket's send buffer is full do replies wait here, bounded, for
-``add_writer`` to report room. Beyond the bound they are dropped, as the kernel would.
+The relay hands over each session's replies of one read (views into the receive buffers) and
+they leave straight away, in order: alike ones as one GSO send (``UDP_SEGMENT``), others with
+``sendto`` (``sendmsg`` with IP_PKTINFO on a wildcard listener). Only when the socket's send
+buffer is full do replies wait here, bounded, for ``add_writer`` to report room. Beyond the
+bound they are dropped, as the kernel would.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections import deque
 
 from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
+from lxdproxy.forward.udp.gso import GSO_REFUSED, gso_runs, segment_cmsg
 from lxdproxy.forward.udp.pktinfo import Cmsg
+from lxdproxy.forward.udp.session import UdpClientSession
 
 # Datagrams waiting for a full socket send buffer to drain (beyond this they are dropped,
 # as the kernel would drop them).
@@ -36,6 +40,44 @@ class ReplyQueue:
     def __bool__(self) -> bool:
         """True while replies are waiting (new ones must queue behind them)."""
         return bool(self._queue)
+
+    def send_batch(self, loop: asyncio.AbstractEventLoop, s: UdpClientSession,
+                   batch: list[memoryview]) -> None:
+        """Send one session's replies of one read to its client, in order."""
+        client, cmsg = s.client, s.reply_cmsg
+        runs = gso_runs([len(d) for d in batch], s.reply_gso_max) if len(batch) > 1 else [(0, 1)]
+        for start, count in runs:
+            if self._queue:  # behind what waits already
+                for d in batch[start:]:
+                    self.put(loop, d, client, cmsg)
+                return
+            if count == 1:
+                self._send(loop, batch[start], client, cmsg)
+                continue
+            run = batch[start:start + count]
+            size = len(run[0])
+            try:
+                self._sock.sendmsg(run, (cmsg or []) + segment_cmsg(size), 0, client)
+            except (BlockingIOError, InterruptedError):
+                for d in run:
+                    self.put(loop, d, client, cmsg)
+            except OSError as e:
+                if e.errno in GSO_REFUSED:  # the path to the client takes no such segments
+                    s.reply_gso_max = size - 1
+                for d in run:  # one by one, each with its own error handling
+                    self._send(loop, d, client, cmsg)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, data: memoryview, client: tuple,
+              cmsg: list[Cmsg] | None) -> None:
+        try:
+            if cmsg is None:
+                self._sock.sendto(data, client)
+            else:
+                self._sock.sendmsg((data,), cmsg, 0, client)
+        except (BlockingIOError, InterruptedError):
+            self.put(loop, data, client, cmsg)
+        except OSError as e:
+            self.failed(data, client, cmsg, e)
 
     def put(self, loop: asyncio.AbstractEventLoop, data: memoryview | bytes, client: tuple,
             cmsg: list[Cmsg] | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections import deque
 
+from lxdproxy.forward.udp.gso import MAX_RUN_BYTES
 from lxdproxy.forward.udp.pktinfo import Cmsg
 from lxdproxy.forward.udp.sessions import UdpSession
 
@@ -12,12 +13,17 @@ from lxdproxy.forward.udp.sessions import UdpSession
 class UdpClientSession:
     """Socket state of one client of one listen socket: its own connected target socket."""
 
-    __slots__ = ("client", "header", "entry", "sock", "fd", "pending", "pending_bytes", "out",
-                 "closed", "wakeup", "pktinfo", "reply_cmsg")
+    __slots__ = ("name", "client", "header", "batch", "gso_max", "reply_gso_max", "entry", "sock", "fd", "pending",
+                 "pending_bytes", "out", "closed", "wakeup", "pktinfo", "reply_cmsg")
 
-    def __init__(self, client: tuple, header: bytes | None) -> None:
+    def __init__(self, name: bytes, client: tuple, header: bytes | None) -> None:
+        self.name = name  # the client's raw sockaddr: the key the hot path looks it up by
         self.client = client
         self.header = header
+        self.batch: list[memoryview] = []  # this wakeup's datagrams, sent once it is read
+        self.gso_max = 0  # the largest GSO segment its target path takes (0: no GSO)
+        # ... and the client's path, learnt from refusals (an unconnected socket has no MTU).
+        self.reply_gso_max = MAX_RUN_BYTES
         # Wildcard listeners: the pktinfo of the client's last datagram, and the control
         # message that makes replies leave from the address it reached (None: plain sendto).
         self.pktinfo: bytes | None = None
