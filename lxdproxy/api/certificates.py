@@ -15,7 +15,6 @@ access), and ``metrics``/``server`` certificates (every trusted certificate here
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import hashlib
 import hmac
@@ -78,20 +77,42 @@ def _decode(raw: bytes, struct: str, fields: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _base64_error(text: str) -> int | None:
+    """Where Go's StdEncoding decoder fails (an offset into ``text``), or None. It skips CR/LF
+    anywhere, and wants full quanta, "=" padding only at the end."""
+    j, n, si = 0, len(text), 0
+    while si < n:
+        ch = text[si]
+        si += 1
+        if ch in "\r\n":
+            continue
+        if ch != "=":
+            if ch not in _B64:
+                return si - 1
+            j = (j + 1) % 4
+            continue
+        if j < 2:
+            return si - 1
+        if j == 2:  # "==" needed
+            while si < n and text[si] in "\r\n":
+                si += 1
+            if si == n:
+                return n
+            if text[si] != "=":
+                return si - 1  # (sic) Go reports the first "="
+            si += 1
+        while si < n and text[si] in "\r\n":
+            si += 1
+        return si if si < n else None
+    return n - j if j else None
+
+
 def go_base64_decode(text: str) -> bytes:
-    """base64.StdEncoding.DecodeString with Go's error text (it skips CR and LF)."""
-    data = text.replace("\r", "").replace("\n", "")
-    stripped = data.rstrip("=")
-    for i, ch in enumerate(stripped):
-        if ch not in _B64:
-            raise LxdError(f"illegal base64 data at input byte {i}", 400)
-    if len(data) % 4 or len(data) - len(stripped) > 2:
-        raise LxdError(f"illegal base64 data at input byte {len(stripped) - len(stripped) % 4}",
-                       400)
-    try:
-        return base64.b64decode(data, validate=True)
-    except binascii.Error:
-        raise LxdError(f"illegal base64 data at input byte {len(stripped)}", 400) from None
+    """base64.StdEncoding.DecodeString, with Go's error text."""
+    offset = _base64_error(text)
+    if offset is not None:
+        raise LxdError(f"illegal base64 data at input byte {offset}", 400)
+    return base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
 
 
 def _parse_der(der: bytes) -> x509.Certificate:
