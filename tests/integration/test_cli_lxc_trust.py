@@ -32,11 +32,11 @@ def test_lxc_token_flow_trust_list_and_remove(lab, tmp_path: Path, capsys) -> No
         inst = lab.add_instance()
         assert main(["instance", "add", "c1", "--pid", str(inst.pid), "--socket", sock]) == 0
 
-        def lxc(conf: str, *args: str) -> subprocess.CompletedProcess[str]:
+        def lxc(conf: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
             (tmp_path / conf).mkdir(exist_ok=True)
             # The admin talks over the unix socket (`local:`), the others over HTTPS.
             env = {**os.environ, "LXD_CONF": str(tmp_path / conf), "LXD_SOCKET": sock}
-            return lab.host.run([LXC, *args], check=False, env=env, text=True, input="")
+            return lab.host.run([LXC, *args], check=False, env=env, text=True, input=stdin)
 
         added = lxc("admin", "config", "trust", "add", "--name", "laptop")
         assert added.returncode == 0, added.stderr
@@ -56,6 +56,17 @@ def test_lxc_token_flow_trust_list_and_remove(lab, tmp_path: Path, capsys) -> No
         assert row.startswith("client,laptop,")
         assert f",{laptop_fp[:12]}," in row
 
+        shown = lxc("admin", "config", "trust", "show", laptop_fp[:12])
+        assert "name: laptop\n" in shown.stdout and f"fingerprint: {laptop_fp}" in shown.stdout
+        edited = lxc("admin", "config", "trust", "edit", laptop_fp,
+                     stdin=shown.stdout.replace("name: laptop", "name: laptop2"))
+        assert edited.returncode == 0, edited.stderr
+        assert TrustStore(state).get(laptop_fp).name == "laptop2"
+        refused = lxc("admin", "config", "trust", "edit", laptop_fp,
+                      stdin=shown.stdout.replace("restricted: false", "restricted: true"))
+        assert refused.stderr.strip().endswith("Restricted certificates are not supported by "
+                                               "lxdproxy: it cannot limit a client to projects")
+
         # Single use: the same token again is refused, and nothing is trusted.
         again = lxc("replay", "remote", "add", "shim", token)
         assert again.returncode == 1
@@ -73,7 +84,7 @@ def test_lxc_token_flow_trust_list_and_remove(lab, tmp_path: Path, capsys) -> No
         assert lxc("admin", "config", "trust", "add",
                    str(tmp_path / "replay" / "client.crt")).returncode == 0
         names = {e.name for e in TrustStore(state).list()}
-        assert names == {"laptop", "client.crt"}
+        assert names == {"laptop2", "client.crt"}
         removed = lxc("admin", "config", "trust", "remove", laptop_fp[:16])
         assert removed.returncode == 0, removed.stderr
         denied = lxc("laptop", "list", "shim:")
