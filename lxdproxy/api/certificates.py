@@ -196,7 +196,11 @@ class CertificateApi:
 
     async def list(self, request: web.Request) -> web.Response:
         entries = self._store().list()
-        if request.query.get("recursion", "0") not in ("", "0"):
+        try:  # util.IsRecursionRequest: any integer but 0; garbage is 0
+            recursion = int(request.query.get("recursion", "0"))
+        except ValueError:
+            recursion = 0
+        if recursion:
             return sync_response([e.to_lxd() for e in entries])
         return sync_response([f"/1.0/certificates/{e.fingerprint}" for e in entries])
 
