@@ -94,6 +94,8 @@ def test_lxc_token_flow_trust_list_and_remove(lab, tmp_path: Path, capsys) -> No
         assert lxc("replay", "list", "shim:", "--format", "csv", "-c", "n").stdout == "c1\n"
     finally:
         shutdown_daemon(proc, sock)
+    log = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in log
 
 
 def test_pylxd_certificates_and_token_authenticate(lab, tmp_path: Path) -> None:
