@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lxdproxy.api import certificates
 from lxdproxy.api import warnings as warnings_api
 from lxdproxy.api.envelopes import (
     async_response,
@@ -89,6 +90,8 @@ async def tls_trust(request: web.Request, handler: Handler) -> web.StreamRespons
     if trusted:
         return await handler(request)
     if request.method == "GET" and request.path.rstrip("/") in ("", "/1.0"):
+        return await handler(request)
+    if certificates.untrusted_may_post(request):
         return await handler(request)
     return error_response("not authorized", 403)
 
@@ -286,8 +289,10 @@ async def wait_operation(request: web.Request) -> web.Response:
 
 
 async def delete_operation(request: web.Request) -> web.Response:
-    request.app[OPS].get(request.match_info["id"])
-    raise LxdError("Operation can't be cancelled", 400)
+    # Only token operations (certificate add tokens) are ever running, so only they cancel.
+    op = request.app[OPS].cancel(request.match_info["id"])
+    request.app[EVENTS].publish("operation", op.to_json())
+    return sync_response({})
 
 
 # -- profiles (read-only: one empty default profile) -------------------------------------------
@@ -357,5 +362,7 @@ def create_app(manager: DeviceManager, ops: OperationRegistry | None = None, *,
     for method in ("PUT", "PATCH", "POST", "DELETE"):
         r.add_route(method, "/1.0/profiles/{name}", write_profile)
     warnings_api.add_routes(r)
+    certificates.add_routes(app, certificates.CertificateApi(
+        trust, app[OPS], app[EVENTS], app[INFO]))  # type: ignore[arg-type]
     r.add_get("/1.0/metrics", get_metrics)
     return app

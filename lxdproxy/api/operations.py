@@ -1,6 +1,8 @@
 """In-memory LXD operations.
 
-Every change is finished before the 202 is sent, so operations are born final. That is what the
+Every change is finished before the 202 is sent, so task operations are born final. The one
+exception is LXD's token class: a certificate add token is an operation that stays ``Running``
+until it is redeemed or cancelled (``DELETE /1.0/operations/<id>``), exactly as in LXD 5.0.2. That is what the
 Go ``lxc`` client needs when ``/1.0/events`` is absent (an already-final operation in the 202 body
 means no events are waited for). Real LXD drops finished operations after ~5 s, which races
 pylxd's ``GET /1.0/operations/<id>``; we keep them readable for ``RETENTION_S``.
@@ -12,18 +14,20 @@ import enum
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from lxdproxy.errors import NotFoundError
+from lxdproxy.errors import LxdError, NotFoundError
 
 RETENTION_S = 60.0
 
 
 class OpStatus(enum.Enum):
+    RUNNING = ("Running", 103)
     SUCCESS = ("Success", 200)
     FAILURE = ("Failure", 400)
+    CANCELLED = ("Cancelled", 401)
 
     def __init__(self, text: str, code: int) -> None:
         self.text = text
@@ -40,11 +44,18 @@ class Operation:
     id: str
     description: str
     status: OpStatus
-    resources: dict[str, list[str]]
+    resources: dict[str, list[str]] | None
     err: str = ""
     metadata: dict[str, Any] | None = None
     created_at: str = field(default_factory=_rfc3339_now)
+    updated_at: str = ""
     finished_monotonic: float = 0.0
+    op_class: str = "task"
+
+    @property
+    def may_cancel(self) -> bool:
+        # LXD: token operations are always cancellable; our tasks are final before anyone asks.
+        return self.op_class == "token"
 
     @property
     def url(self) -> str:
@@ -54,15 +65,15 @@ class Operation:
         # Key order as captured from LXD 5.0.2.
         return {
             "id": self.id,
-            "class": "task",
+            "class": self.op_class,
             "description": self.description,
             "created_at": self.created_at,
-            "updated_at": self.created_at,
+            "updated_at": self.updated_at or self.created_at,
             "status": self.status.text,
             "status_code": self.status.code,
             "resources": self.resources,
             "metadata": self.metadata,
-            "may_cancel": False,
+            "may_cancel": self.may_cancel,
             "err": self.err,
             "location": "none",
         }
@@ -95,6 +106,32 @@ class OperationRegistry:
         self._ops[op.id] = op
         return op
 
+    def token(self, description: str, metadata: dict[str, Any]) -> Operation:
+        """A running token operation (LXD's OperationClassToken): no resources, never expires."""
+        self._expire()
+        op = Operation(id=str(uuid.uuid4()), description=description, status=OpStatus.RUNNING,
+                       resources=None, metadata=metadata, op_class="token")
+        self._ops[op.id] = op
+        return op
+
+    def cancel(self, op_id: str) -> Operation:
+        """LXD's Operation.Cancel: only a running, cancellable operation; it then expires like
+        a finished one."""
+        op = self.get(op_id)
+        if op.status is not OpStatus.RUNNING:
+            raise LxdError("Only running operations can be cancelled", 400)
+        if not op.may_cancel:
+            raise LxdError("This operation can't be cancelled", 400)
+        cancelled = replace(op, status=OpStatus.CANCELLED, updated_at=_rfc3339_now(),
+                            finished_monotonic=self._clock())
+        self._ops[op_id] = cancelled
+        return cancelled
+
+    def running_tokens(self) -> list[Operation]:
+        self._expire()
+        return [op for op in self._ops.values()
+                if op.op_class == "token" and op.status is OpStatus.RUNNING]
+
     def get(self, op_id: str) -> Operation:
         self._expire()
         try:
@@ -115,5 +152,6 @@ class OperationRegistry:
 
     def _expire(self) -> None:
         cutoff = self._clock() - self._retention_s
-        for op_id in [i for i, op in self._ops.items() if op.finished_monotonic < cutoff]:
+        for op_id in [i for i, op in self._ops.items()
+                      if op.status is not OpStatus.RUNNING and op.finished_monotonic < cutoff]:
             del self._ops[op_id]

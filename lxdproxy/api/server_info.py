@@ -27,6 +27,8 @@ API_EXTENSIONS: tuple[str, ...] = (
     "proxy_nat",
     "warnings",
     "metrics",
+    "certificate_update",
+    "certificate_token",
 )
 
 # The LXD release whose API we reproduce (the lxc/pylxd captures come from it).

@@ -19,7 +19,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -286,20 +286,49 @@ class TrustStore:
     def add(self, pem_or_path: str | bytes | os.PathLike[str],
             name: str | None = None) -> TrustedCertificate:
         cert = load_certificate(pem_or_path)
-        fingerprint = certificate_fingerprint(cert)
         if not name:
             common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            name = str(common[0].value) if common else fingerprint[:12]
+            name = str(common[0].value) if common else certificate_fingerprint(cert)[:12]
+        return self.add_certificate(cert, name)
+
+    def add_certificate(self, cert: x509.Certificate, name: str, *,
+                        projects: tuple[str, ...] = ()) -> TrustedCertificate:
+        """Trust ``cert`` as a client certificate; 409 if it is there already (LXD's text)."""
         entry = TrustedCertificate(
-            fingerprint=fingerprint, name=name,
-            certificate=cert.public_bytes(serialization.Encoding.PEM).decode())
+            fingerprint=certificate_fingerprint(cert), name=name,
+            certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            projects=projects)
         with self._file_lock():
             entries = dict(self._load())
-            if fingerprint in entries:
+            if entry.fingerprint in entries:
                 raise LxdError("Certificate already in trust store", 409)
-            entries[fingerprint] = entry
+            entries[entry.fingerprint] = entry
             self._save(entries)
         return entry
+
+    def update(self, fingerprint: str, *, name: str, projects: tuple[str, ...],
+               certificate: x509.Certificate | None,
+               check: Callable[[TrustedCertificate], None]) -> TrustedCertificate:
+        """Replace the writable fields of one entry (``certificate`` None: keep it). ``check``
+        sees the current entry under the lock (the ETag precondition) and may raise."""
+        with self._file_lock():
+            entries = dict(self._load())
+            old = self._match(entries, fingerprint)
+            check(old)
+            new = TrustedCertificate(fingerprint=old.fingerprint, name=name,
+                                     certificate=old.certificate, type=old.type,
+                                     restricted=old.restricted, projects=projects)
+            if certificate is not None:
+                new = TrustedCertificate(
+                    fingerprint=certificate_fingerprint(certificate), name=name,
+                    certificate=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+                    type=old.type, restricted=old.restricted, projects=projects)
+                if new.fingerprint != old.fingerprint and new.fingerprint in entries:
+                    raise LxdError("Certificate already in trust store", 409)
+            del entries[old.fingerprint]
+            entries[new.fingerprint] = new
+            self._save(entries)
+        return new
 
     @staticmethod
     def _match(entries: dict[str, TrustedCertificate], fingerprint: str) -> TrustedCertificate:
@@ -333,3 +362,4 @@ class TrustStore:
             return False
         with self._lock:
             return certificate_fingerprint(der) in self._load()
+
