@@ -21,12 +21,9 @@ import hmac
 import json
 import logging
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from lxdproxy.api.certificate_tokens import (
     decode_certificate_token,
@@ -37,9 +34,13 @@ from lxdproxy.api.envelopes import async_response, check_if_match, sync_body, sy
 from lxdproxy.api.events import EventHub
 from lxdproxy.api.operations import Operation, OperationRegistry
 from lxdproxy.api.request_json import _go_type, decode_object
-from lxdproxy.api.tls import TrustedCertificate, TrustStore
 from lxdproxy.errors import LxdError, NotFoundError
 from lxdproxy.forward.rate_limited_log import RateLimitedLog
+
+if TYPE_CHECKING:  # cryptography (~14 MiB) is loaded only by a daemon serving HTTPS (tls.py)
+    from cryptography import x509
+
+    from lxdproxy.api.tls import TrustedCertificate, TrustStore
 
 log = logging.getLogger("lxdproxy.api.certificates")
 
@@ -116,6 +117,7 @@ def go_base64_decode(text: str) -> bytes:
 
 
 def _parse_der(der: bytes) -> x509.Certificate:
+    from cryptography import x509
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
@@ -123,6 +125,7 @@ def _parse_der(der: bytes) -> x509.Certificate:
 
 
 def _parse_pem(text: str) -> x509.Certificate:
+    from cryptography import x509
     try:
         return x509.load_pem_x509_certificate(text.encode())
     except ValueError:
@@ -132,6 +135,8 @@ def _parse_pem(text: str) -> x509.Certificate:
 def validate_certificate(cert: x509.Certificate,
                          now: datetime.datetime | None = None) -> None:
     """LXD's certificateValidate."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     now = now or datetime.datetime.now(datetime.UTC)
     if now < cert.not_valid_before_utc:
         raise LxdError("The provided certificate isn't valid yet", 400)
@@ -236,6 +241,8 @@ class CertificateApi:
         validate_certificate(cert)
         name = str(req.get("name", ""))
         if not name:
+            from cryptography.x509.oid import NameOID
+
             common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
             name = str(common[0].value) if common else (request.remote or "")
         entry = store.add_certificate(cert, name, projects=tuple(projects))

@@ -167,3 +167,15 @@ def test_benchmarks_and_lab_never_import_tests() -> None:
              for module, imported in sorted(_graph(top).items())
              for target in sorted(imported) if _top(target) == "tests"]
     assert found == [], "\n".join(found)
+
+
+def test_a_daemon_without_https_or_lxd_imports_neither_cryptography_nor_pylxd() -> None:
+    """They cost the control plane ~14 MiB of RSS (the 1,000-device memory target): only a daemon
+    given --https or --lxd may load them (lazily, in daemon.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lxdproxy.daemon, lxdproxy.cli.main, lxdproxy.api.app;"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'pylxd'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
