@@ -278,6 +278,7 @@ class Daemon:
 
     def _tls(self, address: tuple[str, int]) -> tuple[TrustStore, Any, dict[str, Any]]:
         from lxdproxy.api import tls  # cryptography: only a daemon serving HTTPS needs it
+        from lxdproxy.api.listen_addresses import interface_ips, listen_addresses
 
         state_dir = self.config.state_dir
         ssl_ctx = tls.server_ssl_context(state_dir)
@@ -285,7 +286,7 @@ class Daemon:
         info = {
             "certificate_pem": tls.certificate_pem(state_dir),
             "certificate_fingerprint": tls.server_certificate_fingerprint(state_dir),
-            "addresses": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+            "addresses": listen_addresses(host, port, interface_ips()),
         }
         return tls.TrustStore(state_dir), ssl_ctx, info
 
