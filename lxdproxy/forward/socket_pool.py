@@ -54,12 +54,17 @@ class SocketPool:
     def __len__(self) -> int:
         return len(self._ready)
 
-    async def get(self) -> socket.socket:
-        """A socket from the pool, or (pool empty) one made by a direct hop."""
+    def take(self) -> socket.socket | None:
+        """A ready socket, or None when the pool is empty (a refill is under way then)."""
         if len(self._ready) <= LOW_WATER:
             self._start_refill()
-        if self._ready:
-            return self._ready.pop()
+        return self._ready.pop() if self._ready else None
+
+    async def get(self) -> socket.socket:
+        """A socket from the pool, or (pool empty) one made by a direct hop."""
+        sock = self.take()
+        if sock is not None:
+            return sock
         return await self.executor.run(new_socket, self.family, self.sock_type)
 
     def _start_refill(self) -> None:
