@@ -1,9 +1,10 @@
 """One running proxy device: its listeners, accept loop and live connections.
 
-Each stream listener sits in an epoll of its own, registered with ``EPOLLEXCLUSIVE``, and the loop
-watches that epoll: the workers share the listening socket, and a connection wakes one of them
-instead of all (the others' accept would fail with EAGAIN). The woken worker accepts one client
-per wake-up (the epoll is level-triggered: more pending clients wake it again).
+Accepting is a ``loop.add_reader`` callback that accepts one client per call: the loop's
+readiness is level-triggered, so more pending clients call it again, and no accept is spent
+learning that the queue is empty (with the workers sharing one listening socket, draining to
+EAGAIN cost one failed accept4 per connection). The kernel's own check before epoll_wait returns
+keeps a worker whose peer already took the connection from waking up for nothing.
 
 Each accepted client is dialled to the target non-blocking, with a timeout, so a dead or slow
 target never stalls other clients or listeners (LXD dials synchronously in its epoll loop,
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import select
 import socket
 from dataclasses import dataclass
 
@@ -73,7 +73,7 @@ class ForwardedDevice:
         self.stopped = False
         self.retiring = False  # stopped accepting; established connections run to their end
         self._idle = asyncio.Event()
-        self._accepting: dict[int, select.epoll] = {}  # listener fd -> its exclusive epoll
+        self._accepting: set[int] = set()
         self._fast_dial = plan.header is HeaderKind.NONE and plan.relay in (
             RelayKind.STREAM, RelayKind.UNIX_RIGHTS)
         self._warn = RateLimitedLog(log, label)
@@ -181,36 +181,22 @@ class ForwardedDevice:
 
     # -- accepting ------------------------------------------------------------------------------
     def _resume_accept(self, sock: socket.socket, spec: ListenSpec) -> None:
-        fd = sock.fileno()
-        if self.stopped or self.retiring or fd in self._accepting:
+        if self.stopped or self.retiring or sock.fileno() in self._accepting:
             return
-        try:
-            ep = select.epoll()
-            try:
-                ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            except BaseException:
-                ep.close()
-                raise
-        except OSError as exc:  # out of fds: try again later, as for a failed accept
-            self._warn.warning("Failed accepting new connection: %s", exc.strerror)
-            self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
-            return
-        self._accepting[fd] = ep
-        self.loop.add_reader(ep.fileno(), self._on_acceptable, sock, spec)
+        self._accepting.add(sock.fileno())
+        self.loop.add_reader(sock.fileno(), self._on_acceptable, sock, spec)
 
     def _pause_accept(self, sock: socket.socket) -> None:
-        # Closed, not just unwatched: an exclusive waiter nobody reads would still take wake-ups
-        # that another worker should have had.
-        ep = self._accepting.pop(sock.fileno(), None)
-        if ep is not None:
-            self.loop.remove_reader(ep.fileno())
-            ep.close()
+        fd = sock.fileno()
+        if fd in self._accepting:
+            self._accepting.discard(fd)
+            self.loop.remove_reader(fd)
 
     def _on_acceptable(self, sock: socket.socket, spec: ListenSpec) -> None:
         try:
             conn, _addr = sock.accept()
         except (BlockingIOError, InterruptedError):
-            return  # another worker took it (EPOLLEXCLUSIVE may wake more than one)
+            return  # another worker took it
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 self._warn.warning("Failed accepting new connection: %s", exc.strerror)
