@@ -208,7 +208,7 @@ class ForwardedDevice:
             return
         self.counters.connections_accepted += 1
         conn.setblocking(False)
-        if conn.family != socket.AF_UNIX:
+        if spec.family != socket.AF_UNIX:  # not conn.family: that makes an enum per call
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._fast_dial and self._dial(conn, spec):
             return

@@ -290,7 +290,7 @@ class Endpoints:
         except BaseException:
             sock.close()
             raise
-        if connected and sock.family != socket.AF_UNIX:
+        if connected and target.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
         return sock, connected
 
@@ -300,7 +300,7 @@ class Endpoints:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise _dial_failed(self._target_address(port)[1], OSError(err, os.strerror(err)))
-        if sock.family != socket.AF_UNIX:
+        if self.plan.target.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def dial_timed_out(self, port: int | None) -> ConnectFailed:
