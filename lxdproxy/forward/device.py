@@ -4,7 +4,7 @@ Accepting is a ``loop.add_reader`` callback that accepts one client per call: th
 readiness is level-triggered, so more pending clients call it again, and no accept is spent
 learning that the queue is empty (with the workers sharing one listening socket, draining to
 EAGAIN cost one failed accept4 per connection). The kernel's own check before epoll_wait returns
-keeps a worker whose peer already took the connection from waking up for nothing.
+keeps a worker whose peer already took the connection from returning to user space for it.
 
 Each accepted client is dialled to the target non-blocking, with a timeout, so a dead or slow
 target never stalls other clients or listeners (LXD dials synchronously in its epoll loop,
@@ -223,6 +223,9 @@ class ForwardedDevice:
         except ConnectFailed as exc:
             self._dial_failed(client, None, exc)
             return True
+        except OSError as exc:
+            self._prepare_failed(client, None, exc)
+            return True
         if begun is None:
             return False
         target, connected = begun
@@ -242,6 +245,15 @@ class ForwardedDevice:
             target.close()
         self.budget.release_connection()
 
+    def _prepare_failed(self, client: socket.socket, target: socket.socket | None,
+                        exc: OSError) -> None:
+        self.counters.connect_failures += 1
+        self._warn.warning("Failed preparing connection: %s", exc.strerror or exc)
+        client.close()
+        if target is not None:
+            target.close()
+        self.budget.release_connection()
+
     def _relay(self, client: socket.socket, target: socket.socket,
                writer_fd: int | None = None) -> None:
         """Both sockets connected: a relay owns them (and the connection's budget) from here.
@@ -250,14 +262,15 @@ class ForwardedDevice:
         try:
             relay = StreamRelay(client, target, mode=self._mode, on_close=self._relay_closed,
                                 warn=self._relay_warning, counters=self.counters)
-        except OSError as exc:
+        except BaseException as exc:
             if writer_fd is not None:
                 self.loop.remove_writer(writer_fd)
-            self.counters.connect_failures += 1
-            self._warn.warning("Failed preparing connection: %s", exc.strerror or exc)
-            client.close()
-            target.close()
-            self.budget.release_connection()
+            if not isinstance(exc, OSError):
+                client.close()
+                target.close()
+                self.budget.release_connection()
+                raise
+            self._prepare_failed(client, target, exc)
             return
         self.relays.add(relay)
         relay.start()
@@ -367,6 +380,9 @@ class _PendingDial:
         except ConnectFailed as exc:
             device.loop.remove_writer(self.fd)
             device._dial_failed(self.client, self.target, exc)
+        except OSError as exc:
+            device.loop.remove_writer(self.fd)
+            device._prepare_failed(self.client, self.target, exc)
         else:
             device._relay(self.client, self.target, writer_fd=self.fd)
         device._dial_done(self)

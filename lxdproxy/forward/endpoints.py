@@ -267,7 +267,7 @@ class Endpoints:
     def begin_stream(self, port: int | None) -> tuple[socket.socket, bool] | None:
         """Start dialling the target: (socket, connected), or None when this dial needs the
         coroutine (``open_stream``): a dropped-ids connector, or an empty socket pool.
-        Raises ConnectFailed (the socket is closed then)."""
+        Raises ConnectFailed, or OSError for a socket option (the socket is closed then)."""
         if self._connector is not None:
             return None
         target = self.plan.target
@@ -291,12 +291,16 @@ class Endpoints:
             sock.close()
             raise
         if connected and target.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
+            except BaseException:
+                sock.close()
+                raise
         return sock, connected
 
     def finish_stream(self, sock: socket.socket, port: int | None) -> None:
-        """A begun dial's socket became writable: raises ConnectFailed if the dial failed
-        (the caller closes the socket)."""
+        """A begun dial's socket became writable: raises ConnectFailed if the dial failed, or
+        OSError (the caller closes the socket either way)."""
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise _dial_failed(self._target_address(port)[1], OSError(err, os.strerror(err)))
