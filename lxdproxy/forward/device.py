@@ -1,9 +1,17 @@
 """One running proxy device: its listeners, accept loop and live connections.
 
-Accepting is a ``loop.add_reader`` callback that drains the listen queue; each accepted client gets
-a short task that dials the target (non-blocking, with a timeout, so a dead or slow target never
-stalls other clients or listeners: LXD dials synchronously in its epoll loop, §9.9), writes the
-PROXY header, then hands both sockets to a callback-driven relay.
+Accepting is a ``loop.add_reader`` callback that accepts one client per call: the loop's
+readiness is level-triggered, so more pending clients call it again, and no accept is spent
+learning that the queue is empty (with the workers sharing one listening socket, draining to
+EAGAIN cost one failed accept4 per connection). The kernel's own check before epoll_wait returns
+keeps a worker whose peer already took the connection from returning to user space for it.
+
+Each accepted client is dialled to the target non-blocking, with a timeout, so a dead or slow
+target never stalls other clients or listeners (LXD dials synchronously in its epoll loop,
+§9.9). The common dial (no PROXY header, no dropped-ids connector, a pooled or inline socket)
+is a chain of callbacks (``_PendingDial``); the others are a short task (``_serve``) that may
+await the connector or the pool and writes the PROXY header. Both hand the two sockets to a
+callback-driven relay.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ from lxdproxy.proxy_protocol.codec import Command, Transport, encode_v1, encode_
 
 log = logging.getLogger(__name__)
 
-ACCEPT_BATCH = 64  # accepts per wakeup, so one busy listener cannot starve the loop
 ACCEPT_PAUSE = 0.1  # out of fds (EMFILE...): stop accepting this long instead of spinning
 
 
@@ -62,16 +69,19 @@ class ForwardedDevice:
         self.udp_relays: list[UdpListenerRelay] = []
         self.relays: set[StreamRelay] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.dials: set[_PendingDial] = set()
         self.stopped = False
         self.retiring = False  # stopped accepting; established connections run to their end
         self._idle = asyncio.Event()
         self._accepting: set[int] = set()
+        self._fast_dial = plan.header is HeaderKind.NONE and plan.relay in (
+            RelayKind.STREAM, RelayKind.UNIX_RIGHTS)
         self._warn = RateLimitedLog(log, label)
         self._mode = RelayMode.RIGHTS if plan.relay is RelayKind.UNIX_RIGHTS else RelayMode.SPLICE
 
     @property
     def open_connections(self) -> int:
-        return len(self.relays) + len(self.tasks)
+        return len(self.relays) + len(self.tasks) + len(self.dials)
 
     @property
     def accepted(self) -> int:
@@ -145,7 +155,7 @@ class ForwardedDevice:
         return True
 
     def _check_idle(self) -> None:
-        if self.retiring and not self.relays and not self.tasks:
+        if self.retiring and not self.relays and not self.tasks and not self.dials:
             self._idle.set()
 
     async def stop(self) -> None:
@@ -158,6 +168,8 @@ class ForwardedDevice:
             await relay.stop()
         for sock, _spec in self.listeners:
             sock.close()
+        for dial in list(self.dials):
+            dial.abandon()
         for relay in list(self.relays):
             relay.close("device stopped")
         tasks = list(self.tasks)
@@ -181,28 +193,89 @@ class ForwardedDevice:
             self.loop.remove_reader(fd)
 
     def _on_acceptable(self, sock: socket.socket, spec: ListenSpec) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _addr = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._warn.warning("Failed accepting new connection: %s", exc.strerror)
-                    self._pause_accept(sock)
-                    self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
-                    return
-                continue  # ECONNABORTED and friends: that client is gone, try the next
-            if not self.budget.admit_connection():
-                conn.close()  # at once: a refused client must not wait in the backlog
-                continue
-            self.counters.connections_accepted += 1
-            conn.setblocking(False)
-            if conn.family != socket.AF_UNIX:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = self.loop.create_task(self._serve(conn, spec))
-            self.tasks.add(task)
-            task.add_done_callback(self._task_done)
+        try:
+            conn, _addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._warn.warning("Failed accepting new connection: %s", exc.strerror)
+                self._pause_accept(sock)
+                self.loop.call_later(ACCEPT_PAUSE, self._resume_accept, sock, spec)
+            return  # ECONNABORTED and friends: that client is gone; the next wakes us again
+        if not self.budget.admit_connection():
+            conn.close()  # at once: a refused client must not wait in the backlog
+            return
+        self.counters.connections_accepted += 1
+        conn.setblocking(False)
+        if spec.family != socket.AF_UNIX:  # not conn.family: that makes an enum per call
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._fast_dial and self._dial(conn, spec):
+            return
+        task = self.loop.create_task(self._serve(conn, spec))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _dial(self, client: socket.socket, spec: ListenSpec) -> bool:
+        """The common dial, without a task; False when it needs ``_serve`` instead."""
+        try:
+            begun = self.endpoints.begin_stream(spec.connect_port)
+        except ConnectFailed as exc:
+            self._dial_failed(client, None, exc)
+            return True
+        except OSError as exc:
+            self._prepare_failed(client, None, exc)
+            return True
+        if begun is None:
+            return False
+        target, connected = begun
+        if connected:
+            self._relay(client, target)
+        else:
+            self.dials.add(_PendingDial(self, client, target, spec.connect_port))
+        return True
+
+    def _dial_failed(self, client: socket.socket, target: socket.socket | None,
+                     exc: ConnectFailed) -> None:
+        # The client of a failed dial is closed at once: it sees connect-then-close, as with LXD.
+        self.counters.connect_failures += 1
+        self._warn.warning("Failed connecting to target: %s", exc)
+        client.close()
+        if target is not None:
+            target.close()
+        self.budget.release_connection()
+
+    def _prepare_failed(self, client: socket.socket, target: socket.socket | None,
+                        exc: OSError) -> None:
+        self.counters.connect_failures += 1
+        self._warn.warning("Failed preparing connection: %s", exc.strerror or exc)
+        client.close()
+        if target is not None:
+            target.close()
+        self.budget.release_connection()
+
+    def _relay(self, client: socket.socket, target: socket.socket,
+               writer_fd: int | None = None) -> None:
+        """Both sockets connected: a relay owns them (and the connection's budget) from here.
+        ``writer_fd``: the dial's writer on the target, removed once the relay watches it (on
+        uvloop the fd's poll handle then stays, instead of being closed and made again)."""
+        try:
+            relay = StreamRelay(client, target, mode=self._mode, on_close=self._relay_closed,
+                                warn=self._relay_warning, counters=self.counters)
+        except BaseException as exc:
+            if writer_fd is not None:
+                self.loop.remove_writer(writer_fd)
+            if not isinstance(exc, OSError):
+                client.close()
+                target.close()
+                self.budget.release_connection()
+                raise
+            self._prepare_failed(client, target, exc)
+            return
+        self.relays.add(relay)
+        relay.start()
+        if writer_fd is not None:
+            self.loop.remove_writer(writer_fd)
 
     async def _serve(self, client: socket.socket | None, spec: ListenSpec) -> None:
         assert client is not None
@@ -247,6 +320,10 @@ class ForwardedDevice:
     def _relay_warning(self, message: str) -> None:
         self._warn.warning("%s", message)
 
+    def _dial_done(self, dial: _PendingDial) -> None:
+        self.dials.discard(dial)
+        self._check_idle()
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self._check_idle()
@@ -276,3 +353,52 @@ class ForwardedDevice:
     def _datagram_header(self, client: tuple, local: tuple) -> bytes:
         return encode_v2(Command.PROXY, Transport.DGRAM, client, local,
                          [netns_tlv(self.params.instance_name)])
+
+
+class _PendingDial:
+    """A dial in progress: waits for the target socket to become writable (connected or failed)
+    or for the connect timeout, then relays or fails the client as ``_serve`` would."""
+
+    __slots__ = ("device", "client", "target", "port", "fd", "timer")
+
+    def __init__(self, device: ForwardedDevice, client: socket.socket, target: socket.socket,
+                 port: int | None) -> None:
+        self.device = device
+        self.client = client
+        self.target = target
+        self.port = port
+        self.fd = target.fileno()
+        loop = device.loop
+        loop.add_writer(self.fd, self._writable)
+        self.timer = loop.call_later(device.endpoints.connect_timeout, self._timed_out)
+
+    def _writable(self) -> None:
+        device = self.device
+        self.timer.cancel()
+        try:
+            device.endpoints.finish_stream(self.target, self.port)
+        except ConnectFailed as exc:
+            device.loop.remove_writer(self.fd)
+            device._dial_failed(self.client, self.target, exc)
+        except OSError as exc:
+            device.loop.remove_writer(self.fd)
+            device._prepare_failed(self.client, self.target, exc)
+        else:
+            device._relay(self.client, self.target, writer_fd=self.fd)
+        device._dial_done(self)
+
+    def _timed_out(self) -> None:
+        device = self.device
+        device.loop.remove_writer(self.fd)
+        device._dial_failed(self.client, self.target, device.endpoints.dial_timed_out(self.port))
+        device._dial_done(self)
+
+    def abandon(self) -> None:
+        """The device stops: close both sockets, no warning (as a cancelled ``_serve``)."""
+        device = self.device
+        self.timer.cancel()
+        device.loop.remove_writer(self.fd)
+        self.client.close()
+        self.target.close()
+        device.budget.release_connection()
+        device._dial_done(self)

@@ -210,17 +210,22 @@ class Endpoints:
     async def open_datagram(self, connect_port: int | None) -> socket.socket:
         return await self._connect(socket.SOCK_DGRAM, connect_port)
 
-    async def _connect(self, sock_type: int, port: int | None) -> socket.socket:
+    def _target_address(self, port: int | None) -> tuple[str | bytes | tuple[str, int], str]:
+        """(sockaddr, "dial <net> <address>" as Go words it); raises ConnectFailed."""
         target = self.plan.target
         if target.family == socket.AF_UNIX:
             address: str | bytes = (b"\0" + target.host[1:].encode() if target.abstract
                                     else target.host)
-            what = f"dial unix {target.host}"
-        else:
-            assert port is not None
-            what = f"dial {target.conn_type.value} {join_host_port(target.host, port)}"
-            if not 0 <= port <= 0xFFFF:
-                raise ConnectFailed(f"dial {target.conn_type.value}: address {port}: invalid port")
+            return address, f"dial unix {target.host}"
+        assert port is not None
+        if not 0 <= port <= 0xFFFF:
+            raise ConnectFailed(f"dial {target.conn_type.value}: address {port}: invalid port")
+        return (target.host, port), \
+            f"dial {target.conn_type.value} {join_host_port(target.host, port)}"
+
+    async def _connect(self, sock_type: int, port: int | None) -> socket.socket:
+        target = self.plan.target
+        sockaddr, what = self._target_address(port)
         try:
             if self._connector is not None and target.family == socket.AF_UNIX:
                 # Path lookup, permission checks and SO_PEERCRED all happen at connect(): it
@@ -234,31 +239,76 @@ class Endpoints:
                     # dropped helper makes it, and we connect it here, non-blocking, so a dead
                     # target never holds up the (one-request-at-a-time) helper.
                     sock = await self._connector.socket(target.family, sock_type)
-                elif target.family == socket.AF_UNIX and not target.abstract:
-                    sock = socket.socket(socket.AF_UNIX, sock_type)  # a path: netns-independent
-                elif self._inline_connect:
-                    sock = new_socket(target.family, sock_type)
+                elif self._inline_connect or (target.family == socket.AF_UNIX
+                                              and not target.abstract):
+                    sock = new_socket(target.family, sock_type)  # a path: netns-independent
                 else:
                     sock = await self._pool(target.family, sock_type).get()
                 try:
                     if sock.gettimeout() != 0.0:
                         sock.setblocking(False)
-                    sockaddr = address if target.family == socket.AF_UNIX else (target.host, port)
                     if sock_type == socket.SOCK_DGRAM:
                         sock.connect(sockaddr)  # no handshake: returns at once
-                    else:
-                        await self._connect_stream(sock, sockaddr)
+                    elif not _connect_started(sock, sockaddr):
+                        await self._wait_connected(sock)
                 except BaseException:
                     sock.close()
                     raise
         except TimeoutError:
             raise ConnectFailed(f"{what}: i/o timeout") from None
         except OSError as exc:
-            reason = go_strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-            raise ConnectFailed(f"{what}: connect: {reason}") from None
+            raise _dial_failed(what, exc) from None
         if sock.family != socket.AF_UNIX and sock_type == socket.SOCK_STREAM:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
         return sock
+
+    # The stream dial without a coroutine (the device's common path): begin_stream, then, when
+    # it is not connected yet, finish_stream once the socket is writable or dial_timed_out.
+    def begin_stream(self, port: int | None) -> tuple[socket.socket, bool] | None:
+        """Start dialling the target: (socket, connected), or None when this dial needs the
+        coroutine (``open_stream``): a dropped-ids connector, or an empty socket pool.
+        Raises ConnectFailed, or OSError for a socket option (the socket is closed then)."""
+        if self._connector is not None:
+            return None
+        target = self.plan.target
+        sockaddr, what = self._target_address(port)
+        if self._inline_connect or (target.family == socket.AF_UNIX and not target.abstract):
+            try:
+                sock = new_socket(target.family, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise _dial_failed(what, exc) from None
+        else:
+            pooled = self._pool(target.family, socket.SOCK_STREAM).take()
+            if pooled is None:
+                return None
+            sock = pooled
+        try:
+            connected = _connect_started(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise _dial_failed(what, exc) from None
+        except BaseException:
+            sock.close()
+            raise
+        if connected and target.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go does
+            except BaseException:
+                sock.close()
+                raise
+        return sock, connected
+
+    def finish_stream(self, sock: socket.socket, port: int | None) -> None:
+        """A begun dial's socket became writable: raises ConnectFailed if the dial failed, or
+        OSError (the caller closes the socket either way)."""
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise _dial_failed(self._target_address(port)[1], OSError(err, os.strerror(err)))
+        if self.plan.target.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def dial_timed_out(self, port: int | None) -> ConnectFailed:
+        return ConnectFailed(f"{self._target_address(port)[1]}: i/o timeout")
 
     def _pool(self, family: int, sock_type: int) -> SocketPool:
         pool = self._pools.get(sock_type)
@@ -270,18 +320,14 @@ class Endpoints:
     def pooled_sockets(self) -> int:
         return sum(len(p) for p in self._pools.values())
 
-    async def _connect_stream(self, sock: socket.socket, sockaddr: object) -> None:
-        """Non-blocking connect with ``connect_timeout`` (raises TimeoutError or OSError).
+    async def _wait_connected(self, sock: socket.socket) -> None:
+        """Wait, up to ``connect_timeout``, for a begun connect to finish (raises TimeoutError
+        or OSError).
 
         Not ``loop.sock_connect``: uvloop's resolves every address, literal IPs too, with a real
         getaddrinfo on libuv's thread pool (~110 µs per connection). Our target hosts are always
         literal addresses (config validation), so connect_ex needs no resolving.
         """
-        err = sock.connect_ex(sockaddr)  # type: ignore[arg-type]
-        if err == 0:
-            return
-        if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
-            raise OSError(err, os.strerror(err))
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         fd = sock.fileno()
@@ -340,6 +386,32 @@ async def remove_socket_file(path: str, identity: tuple[int, int] | None,
         pass
     finally:
         await helper.close()
+
+
+def _connect_started(sock: socket.socket, sockaddr: object) -> bool:
+    """connect_ex on a non-blocking socket: True if connected already, False if in progress;
+    raises OSError if it failed."""
+    err = sock.connect_ex(sockaddr)  # type: ignore[arg-type]
+    if err == 0:
+        return True
+    if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+        raise OSError(err, os.strerror(err))
+    # To a target on loopback (the usual 127.0.0.1 inside the instance) the handshake has
+    # completed by the time connect() returns: one getpeername then saves a writer
+    # registration, its poll handle and a loop round trip per connection.
+    try:
+        sock.getpeername()
+    except OSError:  # ENOTCONN: still in progress, or refused already
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err)) from None
+        return False
+    return True
+
+
+def _dial_failed(what: str, exc: OSError) -> ConnectFailed:
+    reason = go_strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+    return ConnectFailed(f"{what}: connect: {reason}")
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
