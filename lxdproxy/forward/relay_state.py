@@ -47,22 +47,40 @@ Command = ShutdownWrite | CloseAll
 class DirectionState:
     """One direction (``source`` -> ``source.other``): a bounded buffer between a read and a write.
 
-    Reading stops while the buffer holds data (one buffer-ful in flight keeps memory per connection
-    bounded and gives back-pressure: a slow writer stops the reads from its source).
+    ``window`` is how many bytes the buffer may hold while reads go on. With 0 (a copy buffer,
+    reused by the next read) reading stops while the buffer holds anything; with a pipe it is the
+    pipe's size, so the source is read while the destination drains (both halves in flight, not
+    stop-and-wait). Either way the memory per connection is bounded and a slow writer stops the
+    reads from its source (back-pressure). ``stall()`` says a read found no room although the byte
+    count had some (a pipe also runs out of slots): reads wait for the next write.
     """
 
-    def __init__(self, source: Side) -> None:
+    def __init__(self, source: Side, window: int = 0) -> None:
         self.source = source
+        self.window = window
         self.buffered = 0
         self.eof = False
         self.finished = False
+        self.stalled = False
 
     @property
     def destination(self) -> Side:
         return self.source.other
 
     def want_read(self) -> bool:
-        return not self.eof and not self.finished and self.buffered == 0
+        if self.eof or self.finished or self.stalled:
+            return False
+        return self.buffered == 0 or self.buffered < self.window
+
+    def room(self) -> int:
+        """How many bytes a read may add to a windowed buffer."""
+        return self.window - self.buffered
+
+    def stall(self) -> None:
+        """A read found the buffer full: stop reading until a write makes room."""
+        if self.buffered == 0:
+            raise ValueError("an empty buffer cannot be full")
+        self.stalled = True
 
     def want_write(self) -> bool:
         return not self.finished and self.buffered > 0
@@ -79,6 +97,8 @@ class DirectionState:
         if n > self.buffered:
             raise ValueError(f"wrote {n} bytes but only {self.buffered} were buffered")
         self.buffered -= n
+        if n:
+            self.stalled = False
         return self._maybe_finish()
 
     def read_eof(self) -> bool:

@@ -121,12 +121,20 @@ class _Direction:
         try:
             n = self._read()
         except (BlockingIOError, InterruptedError):
+            if self.mode is RelayMode.SPLICE and self.state.buffered:
+                # The socket is readable, so the pipe is out of room (it also runs out of slots
+                # before bytes): read again once the destination took something.
+                self.state.stall()
+                self.update_interest()
             return
         except OSError as exc:
             if (exc.errno == errno.EINVAL and self.mode is RelayMode.SPLICE
                     and self.moved == self.splice_start):
                 self._fall_back_to_copy()
-                self.on_readable()
+                if self.state.buffered:
+                    self.on_writable()
+                else:
+                    self.on_readable()
                 return
             self.relay.apply(self.relay.state.error(self.state.source, exc.strerror or str(exc)))
             return
@@ -138,7 +146,12 @@ class _Direction:
                 self.update_interest()
             return
         self.state.read(n)
-        self.on_writable()
+        if self.writing:
+            # The destination was full a moment ago: its writable event will flush; only the read
+            # interest may change (the pipe's window filled up).
+            self.update_interest()
+        else:
+            self.on_writable()
 
     def on_writable(self) -> None:
         if self.relay.closed:
@@ -181,12 +194,12 @@ class _Direction:
         if self.mode is RelayMode.SPLICE:
             if self.pipe is None:
                 try:
-                    self.pipe = _make_pipe()
+                    self.pipe, self.state.window = _make_pipe()
                 except OSError:  # out of fds (EMFILE/ENFILE): this direction copies instead
                     self.mode = RelayMode.COPY
                     self.relay.on_fallback()
                     return self._read()
-            return os.splice(self.src_fd, self.pipe[1], PIPE_SIZE, flags=SPLICE_FLAGS)
+            return os.splice(self.src_fd, self.pipe[1], self.state.room(), flags=SPLICE_FLAGS)
         self.start = 0
         if self.mode is RelayMode.COPY:
             self.buf = _SCRATCH
@@ -232,6 +245,8 @@ class _Direction:
         self.pipe = None
         self.buf = bytearray(pending) if pending else None
         self.start = 0
+        self.state.window = 0
+        self.state.stalled = False
         self.mode = RelayMode.COPY
         self.relay.on_fallback()
 
@@ -245,13 +260,15 @@ def _watch(on: bool, add: Callable[..., object], remove: Callable[[int], object]
         remove(fd)
 
 
-def _make_pipe() -> tuple[int, int]:
+def _make_pipe() -> tuple[tuple[int, int], int]:
+    """A non-blocking pipe and its size in bytes."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
-        pass  # over /proc/sys/fs/pipe-max-size or the per-user quota: the default 64 KiB works too
-    return r, w
+        # Over /proc/sys/fs/pipe-max-size or the per-user quota: the default size works too.
+        size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    return (r, w), size
 
 
 class StreamRelay:

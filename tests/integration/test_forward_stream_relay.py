@@ -16,7 +16,7 @@ import pytest
 
 from lab.forwarding import fd_count as _fd_count
 from lxdproxy.forward.relay_state import Side
-from lxdproxy.forward.stream_relay import SPLICE_AFTER, RelayMode, StreamRelay
+from lxdproxy.forward.stream_relay import PIPE_SIZE, SPLICE_AFTER, RelayMode, StreamRelay
 
 
 class Pair:
@@ -74,6 +74,39 @@ async def test_bulk_both_ways_then_half_close_answer_arrives(mode: RelayMode) ->
     assert p.relay.mode == {side: mode for side in p.relay.mode}
     p.close_apps()
     assert _fd_count() == before
+
+
+async def _send_until_refused(sock: socket.socket, quiet: float = 0.3) -> int:
+    """Send until the socket takes nothing for ``quiet`` seconds; the bytes it took."""
+    chunk = b"\x5a" * 65536
+    sent = 0
+    idle_since = asyncio.get_running_loop().time()
+    while asyncio.get_running_loop().time() - idle_since < quiet:
+        try:
+            sent += sock.send(chunk)
+            idle_since = asyncio.get_running_loop().time()
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    return sent
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # also on the daemon's loop
+@pytest.mark.parametrize("mode", list(RelayMode))
+async def test_a_reader_that_stops_stops_the_reads_from_its_source(mode: RelayMode) -> None:
+    # Back-pressure: the target app reads nothing, so the relay must stop reading the client once
+    # its window (the pipe, or one copy buffer) is full; then the client's socket refuses more.
+    # What the client got rid of is bounded by the socket buffers and that one window.
+    p = Pair(mode)
+    sent = await _send_until_refused(p.app_client)
+    assert SPLICE_AFTER < sent < PIPE_SIZE + (3 << 20)
+    client_side = p.relay.directions[Side.CLIENT].state
+    assert 0 < client_side.buffered <= max(client_side.window, 65536)
+    assert not client_side.want_read()
+    # Nothing was lost on the way: the target gets every byte once it reads.
+    p.app_client.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(_read_to_eof(p.app_target), 5) == b"\x5a" * sent
+    p.relay.close()
+    p.close_apps()
 
 
 async def test_writing_to_a_dead_target_closes_both_sides() -> None:

@@ -69,3 +69,46 @@ def test_impossible_events_are_refused() -> None:
     d.read(3)
     with pytest.raises(ValueError):
         d.wrote(4)
+
+
+def test_a_windowed_buffer_reads_while_it_has_room() -> None:
+    # A pipe: reads go on while the destination drains, up to the window (not stop-and-wait).
+    d = DirectionState(Side.CLIENT, window=100)
+    assert d.want_read() and d.room() == 100
+    d.read(60)
+    assert d.want_read() and d.want_write() and d.room() == 40
+    d.read(40)
+    assert not d.want_read()  # full: back-pressure on the source
+    d.wrote(1)
+    assert d.want_read() and d.room() == 1
+
+
+def test_a_copy_buffer_reads_only_when_empty() -> None:
+    d = DirectionState(Side.CLIENT)  # window 0: the buffer is reused by the next read
+    d.read(1)
+    assert not d.want_read()
+    d.wrote(1)
+    assert d.want_read()
+
+
+def test_a_stalled_read_waits_for_a_write_that_makes_room() -> None:
+    d = DirectionState(Side.TARGET, window=100)
+    d.read(10)
+    d.stall()  # the pipe ran out of slots before bytes
+    assert not d.want_read() and d.want_write()
+    d.wrote(0)
+    assert not d.want_read()  # nothing left the pipe: still no room
+    d.wrote(5)
+    assert d.want_read()
+
+
+def test_an_empty_buffer_cannot_stall() -> None:
+    with pytest.raises(ValueError):
+        DirectionState(Side.CLIENT, window=100).stall()
+
+
+def test_eof_stops_reading_even_with_room() -> None:
+    d = DirectionState(Side.CLIENT, window=100)
+    d.read(10)
+    assert d.read_eof() is False
+    assert not d.want_read() and d.want_write()
