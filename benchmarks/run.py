@@ -63,7 +63,7 @@ def _applies(workload: str, peer: str) -> bool:
         return False
     return peer in ONLY_PEERS.get(workload, (peer,))
 BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000,
-              "c-floor": 15000, "py-floor": 16000}
+              "c-floor": 16000, "py-floor": 17000}  # 15000: restart.BASE_PORT
 FLOORS = {"c-floor": CFloor, "py-floor": PyFloor}
 IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
