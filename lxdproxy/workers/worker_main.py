@@ -2,10 +2,10 @@
 
 It serves its control socket (mode 0600) and runs the devices the control plane sends it, on
 listening sockets received over SCM_RIGHTS; outgoing sockets it makes itself (netns threads and
-setns batches, see forward/socket_pool.py; namespace helpers). Started in its own session with no tie to the control plane's stdio, it
-keeps forwarding when the control plane stops, crashes or is upgraded; a new control plane
-connects to the same socket. It exits when told (shutdown), once drained, or on SIGTERM
-(which stops every device, as shutdown does).
+setns batches, see forward/socket_pool.py; namespace helpers). Started in its own session with
+no tie to the control plane's stdio, it keeps forwarding when the control plane stops, crashes
+or is upgraded; a new control plane connects to the same socket. It exits when told (shutdown),
+once drained, or on SIGTERM (which stops every device, as shutdown does).
 """
 
 from __future__ import annotations
