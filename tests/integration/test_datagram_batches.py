@@ -176,6 +176,19 @@ def _receive(client: socket.socket, count: int) -> list[bytes]:
     return [client.recv(65536) for _ in range(count)]
 
 
+async def _replies_through(listen, server, client, inst, payloads):
+    """The client says "go" through the relay; the server bursts ``payloads`` back to it."""
+    relay = UdpListenerRelay(listen, server.getsockname()[1], target_opener(inst))
+    relay.start()
+    await asyncio.to_thread(client.send, b"go")
+    _data, peer = await asyncio.to_thread(server.recvfrom, 100)
+    receiving = asyncio.ensure_future(asyncio.to_thread(_receive, client, len(payloads)))
+    await _burst_back(server, peer, payloads)
+    got = await receiving
+    await relay.stop()
+    return got
+
+
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_reply_burst_reaches_the_client_whole_and_in_order(lab, loop_kind):
     inst = lab.add_instance()
@@ -188,19 +201,8 @@ def test_reply_burst_reaches_the_client_whole_and_in_order(lab, loop_kind):
     client.connect((lab.host.ipv4, listen.getsockname()[1]))
     payloads = _payloads(REPLY_SIZES)
 
-    async def main():
-        relay = UdpListenerRelay(listen, server.getsockname()[1], target_opener(inst))
-        relay.start()
-        await asyncio.to_thread(client.send, b"go")
-        _data, peer = await asyncio.to_thread(server.recvfrom, 100)
-        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, client, len(payloads)))
-        await _burst_back(server, peer, payloads)
-        got = await receiving
-        await relay.stop()
-        return got
-
     try:
-        assert run(loop_kind, main()) == payloads
+        assert run(loop_kind, _replies_through(listen, server, client, inst, payloads)) == payloads
     finally:
         server.close()
 
@@ -222,18 +224,7 @@ def test_wildcard_reply_burst_comes_from_the_address_the_client_used(lab):
     client.connect((SECOND_V4, listen.getsockname()[1]))
     payloads = _payloads(REPLY_SIZES)
 
-    async def main():
-        relay = UdpListenerRelay(listen, server.getsockname()[1], target_opener(inst))
-        relay.start()
-        await asyncio.to_thread(client.send, b"go")
-        _data, peer = await asyncio.to_thread(server.recvfrom, 100)
-        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, client, len(payloads)))
-        await _burst_back(server, peer, payloads)
-        got = await receiving
-        await relay.stop()
-        return got
-
     try:
-        assert run("uvloop", main()) == payloads
+        assert run("uvloop", _replies_through(listen, server, client, inst, payloads)) == payloads
     finally:
         server.close()

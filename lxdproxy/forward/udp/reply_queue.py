@@ -70,14 +70,17 @@ class ReplyQueue:
     def _send(self, loop: asyncio.AbstractEventLoop, data: memoryview, client: tuple,
               cmsg: list[Cmsg] | None) -> None:
         try:
-            if cmsg is None:
-                self._sock.sendto(data, client)
-            else:
-                self._sock.sendmsg((data,), cmsg, 0, client)
+            self._send_now(data, client, cmsg)
         except (BlockingIOError, InterruptedError):
             self.put(loop, data, client, cmsg)
         except OSError as e:
             self.failed(data, client, cmsg, e)
+
+    def _send_now(self, data: memoryview | bytes, client: tuple, cmsg: list[Cmsg] | None) -> None:
+        if cmsg is None:
+            self._sock.sendto(data, client)
+        else:
+            self._sock.sendmsg((data,), cmsg, 0, client)
 
     def put(self, loop: asyncio.AbstractEventLoop, data: memoryview | bytes, client: tuple,
             cmsg: list[Cmsg] | None) -> None:
@@ -115,10 +118,7 @@ class ReplyQueue:
         while queue:
             data, client, cmsg = queue[0]
             try:
-                if cmsg is None:
-                    self._sock.sendto(data, client)
-                else:
-                    self._sock.sendmsg((data,), cmsg, 0, client)
+                self._send_now(data, client, cmsg)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
