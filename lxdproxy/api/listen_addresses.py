@@ -13,11 +13,9 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
+from lxdproxy.forward.plan import join_host_port
+
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
-
-
-def join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def go_global_unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -30,18 +28,15 @@ def go_global_unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
 def listen_addresses(host: str, port: int, interface_ips: Iterable[str]) -> list[str]:
     """Pure: LXD's list for ``host:port`` given the machine's interface addresses in order."""
     if host not in _WILDCARDS:
-        return [join(host, port)]
+        return [join_host_port(host, port)]
     out = []
     for text in interface_ips:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
         if not go_global_unicast(ip):
             continue
-        if ip.version == 6:
-            if host == "0.0.0.0":
-                continue
-            out.append(f"[{ip}]:{port}")
-        else:
-            out.append(f"{ip}:{port}")
+        if ip.version == 6 and host == "0.0.0.0":
+            continue
+        out.append(join_host_port(str(ip), port))
     return out
 
 
