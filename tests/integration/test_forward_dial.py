@@ -90,24 +90,31 @@ async def test_a_burst_queued_on_a_listener_two_devices_share_is_served_whole(
         await first.stop()
 
 
+async def _failed_dials(lab: Lab, fwd: Forwarder, key: object, port: int, n: int, text: str,
+                        caplog: pytest.LogCaptureFixture) -> None:
+    """``n`` clients each see connect-then-close, the first warming the socket pool (so the
+    others take the task-free dial); each logs ``text`` once and gives its budget back."""
+    with caplog.at_level(logging.WARNING, logger="lxdproxy.forward"):
+        for i in range(n):
+            client = await _connect(lab, port)
+            await _closed_by_proxy(client)
+            client.close()
+            if i == 0:
+                await _pool_warm(fwd)
+    assert caplog.text.count(text) == n
+    assert fwd.stats().failed == n
+    assert fwd.open_connections(key) == 0
+    assert fwd.budget.connections == 0
+
+
 async def test_refused_dial_is_connect_then_close_with_gos_words(
     lab: Lab, fwd: Forwarder, caplog: pytest.LogCaptureFixture
 ) -> None:
     inst = lab.add_instance()  # nobody listens on 127.0.0.1:4999 in it: refused at once
     key = await started(fwd, "p", proxy(listen="tcp:127.0.0.1:1234",
                                         connect="tcp:127.0.0.1:4999"), host=lab.host, inst=inst)
-    with caplog.at_level(logging.WARNING, logger="lxdproxy.forward"):
-        for n in range(3):
-            client = await _connect(lab, 1234)
-            await _closed_by_proxy(client)
-            client.close()
-            if n == 0:
-                await _pool_warm(fwd)
     text = "Failed connecting to target: dial tcp 127.0.0.1:4999: connect: connection refused"
-    assert caplog.text.count(text) == 3
-    assert fwd.stats().failed == 3
-    assert fwd.open_connections(key) == 0
-    assert fwd.budget.connections == 0
+    await _failed_dials(lab, fwd, key, 1234, 3, text, caplog)
     # And the device still relays once the target is there.
     lab.echo(inst, "tcp", "127.0.0.1", 4999)
     assert await roundtrip(lab.host, ("127.0.0.1", 1234), b"up") == b"up"
@@ -123,18 +130,8 @@ async def test_dial_timeout_says_io_timeout_and_gives_the_budget_back(
                                            connect="tcp:198.18.0.250:4321"),
                         host=lab.host, inst=inst)
     try:
-        with caplog.at_level(logging.WARNING, logger="lxdproxy.forward"):
-            for n in range(2):
-                client = await _connect(lab, 1300)
-                await _closed_by_proxy(client)
-                client.close()
-                if n == 0:
-                    await _pool_warm(fwd)
         text = "Failed connecting to target: dial tcp 198.18.0.250:4321: i/o timeout"
-        assert caplog.text.count(text) == 2
-        assert fwd.stats().failed == 2
-        assert fwd.open_connections(key) == 0
-        assert fwd.budget.connections == 0
+        await _failed_dials(lab, fwd, key, 1300, 2, text, caplog)
     finally:
         await fwd.stop_all()
 
