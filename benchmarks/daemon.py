@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -47,9 +48,13 @@ class LxdproxyDaemon:
     """`lxdproxy serve --state-dir <tmp>` started with lab.host.popen, so its own netns is the lab host
     (its listeners and its NAT table live there, never in the machine's namespace)."""
 
-    def __init__(self, lab: Any, *, label: str = "bench", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, lab: Any, *, label: str = "bench", extra_args: tuple[str, ...] = (),
+                 source: Path | None = None) -> None:
         self.lab = lab
         self.extra_args = list(extra_args)  # e.g. ("--workers", "0")
+        # Another checkout's lxdproxy package (benchmarks.baseline), run with this venv's packages;
+        # its workers inherit the environment, so they run that code too.
+        self.source = source
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"lxdproxy-{label}-"))
         self.socket_path = str(self.state_dir / "unix.socket")
         self.log_path = self.state_dir / "daemon.log"
@@ -62,7 +67,10 @@ class LxdproxyDaemon:
         argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir),
                 *self.extra_args]
         try:
-            self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout)
+            env = None
+            if self.source is not None:
+                env = {**os.environ, "PYTHONPATH": str(self.source)}
+            self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout, env=env)
         except RuntimeError as exc:
             raise DaemonError(str(exc)) from None
 

@@ -105,6 +105,9 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "`PATCH /1.0/instances/bench` | 127.0.0.1 inside the instance |",
         "| lxdproxy-nat | the same daemon, `nat=true` devices: nftables DNAT in the host netns, the kernel "
         "forwards | 198.18.0.11 |",
+        *([f"| lxdproxy-base | commit `{meta['baseline'][:12]}`'s lxdproxy (`scripts/bench --baseline "
+           f"{meta['baseline'][:12]}`: `git archive` of its package, run by this venv), a daemon of its "
+           "own beside this one | 127.0.0.1 inside the instance |"] if meta.get("baseline") else []),
         "",
         "## Workloads",
         "",
@@ -117,7 +120,10 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "forwarding process(es) from `/proc/<pid>/stat`, over the bulk run, ÷ GiB received. For "
         "lxdproxy that is the whole daemon. Not attributable for direct and NAT (kernel softirq time). "
         "The same counters over the connection-rate window and the UDP run give CPU µs per connection "
-        "and per datagram received.",
+        "and per datagram received. The iperf3 sender's and receiver's CPU per GiB are iperf3's own "
+        "figures (`cpu_utilization_percent`); the kernel's TCP work for a hop is charged to whichever "
+        "process's system call or softirq processes it, so work moves between the sender's and the "
+        "proxy's share from run to run, and the sum (sender + proxy + receiver) is the steadier figure.",
         f"- **Connection rate**: {' and '.join(str(n) for n in sizes['connrate_clients'])} client "
         f"processes (one row each) for "
         f"{sizes['connrate_seconds']} s each do: connect, send 64 B, read the 64 B echo, close. "

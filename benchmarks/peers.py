@@ -321,6 +321,12 @@ class Lxdproxy(Peer):
         self.daemon.patch_devices(INSTANCE_NAME, {f"{self.prefix}-add{index}": None})
 
 
+class LxdproxyBaseline(Lxdproxy):
+    """An earlier commit's lxdproxy (``scripts/bench --baseline REV``), in a daemon of its own."""
+
+    name = "lxdproxy-base"
+
+
 class LxdproxyNat(Lxdproxy):
     name = "lxdproxy-nat"
     nat = True

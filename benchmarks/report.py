@@ -9,7 +9,8 @@ from typing import Any
 
 from benchmarks import report_restart
 
-PEER_ORDER = ["direct", "socat", "forkproxy", "lxdproxy", "lxdproxy-nat", "c-floor", "py-floor"]
+PEER_ORDER = ["direct", "socat", "forkproxy", "lxdproxy", "lxdproxy-nat", "c-floor", "py-floor",
+              "lxdproxy-base"]
 MB = 1024  # KiB per MiB
 
 
@@ -30,6 +31,12 @@ METRICS = [
     Metric("bulk_busy", "bulk", "machine_busy_pct", "Machine CPU busy during bulk (all cores)", "%",
            False),
     Metric("cpu_per_gib", "bulk", "cpu_s_per_gib", "Proxy CPU per GiB (bulk)", "CPU s/GiB", False),
+    Metric("sender_per_gib", "bulk", "sender_cpu_s_per_gib", "iperf3 sender's CPU per GiB (bulk)",
+           "CPU s/GiB", False),
+    Metric("receiver_per_gib", "bulk", "receiver_cpu_s_per_gib", "iperf3 receiver's CPU per GiB (bulk)",
+           "CPU s/GiB", False),
+    Metric("path_per_gib", "bulk", "path_cpu_s_per_gib",
+           "Sender + proxy + receiver CPU per GiB (bulk)", "CPU s/GiB", False),
     Metric("conn_rate_2", "connrate_2", "conn_s", "Connection rate, 2 clients (64 B req/resp)",
            "conn/s", True),
     Metric("conn_rate_4", "connrate_4", "conn_s", "Connection rate, 4 clients (64 B req/resp)",
@@ -150,6 +157,12 @@ TARGETS = [
     Target("Bulk ≥ 1.15× forkproxy", "bulk", "forkproxy", 1.15, True),
     Target("Bulk ≥ 0.9× direct", "bulk", "direct", 0.9, True),
     Target("Proxy CPU per GiB (bulk) ≤ 0.22 s", "cpu_per_gib", None, 0.22, False),
+    # The 0.22 s was the code of its day measured on its day: `--baseline REV` runs that code in
+    # this run, where the comparison means something.
+    Target("Proxy CPU per GiB (bulk) ≤ the `--baseline` commit's, same run", "cpu_per_gib",
+           "lxdproxy-base", 1.0, False),
+    Target("Sender + proxy + receiver CPU per GiB ≤ the `--baseline` commit's, same run", "path_per_gib",
+           "lxdproxy-base", 1.0, False),
     Target("Bulk with `/1.0/metrics` scraped every 1 s ≥ 0.95× unscraped (same run)", "bulk_scraped",
            "lxdproxy", 0.95, True, ref_key="bulk"),
     Target("Connection rate, 2 clients ≥ 1.5× forkproxy", "conn_rate_2", "forkproxy", 1.5, True),

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks import baseline as baseline_code
 from benchmarks import document, report, report_restart, restart, workloads
 from benchmarks.daemon import LxdproxyDaemon, daemon_available
 from benchmarks.env import IPERF_PORT, REPO, BenchEnv
@@ -30,6 +31,7 @@ from benchmarks.peers import (
     Floor,
     Forkproxy,
     Lxdproxy,
+    LxdproxyBaseline,
     LxdproxyNat,
     Peer,
     PyFloor,
@@ -63,7 +65,7 @@ def _applies(workload: str, peer: str) -> bool:
         return False
     return peer in ONLY_PEERS.get(workload, (peer,))
 BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000,
-              "c-floor": 16000, "py-floor": 17000}  # 15000: restart.BASE_PORT
+              "c-floor": 16000, "py-floor": 17000, "lxdproxy-base": 18000}  # 15000: restart.BASE_PORT
 FLOORS = {"c-floor": CFloor, "py-floor": PyFloor}
 IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
@@ -82,7 +84,8 @@ def unavailable_peers() -> dict[str, str]:
     return out
 
 
-def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None) -> Peer:
+def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None,
+               base_daemon: LxdproxyDaemon | None = None) -> Peer:
     base, iperf = BASE_PORTS[name], IPERF_PORTS[name]
     if name == "direct":
         return Direct(env, base, iperf_port=iperf)
@@ -92,6 +95,9 @@ def _make_peer(name: str, env: BenchEnv, daemon: LxdproxyDaemon | None) -> Peer:
         return Forkproxy(env, base, iperf_port=iperf)
     if name in FLOORS:
         return FLOORS[name](env, base, iperf_port=iperf)
+    if name == "lxdproxy-base":
+        assert base_daemon is not None
+        return LxdproxyBaseline(env, base, base_daemon, iperf_port=iperf)
     assert daemon is not None
     return (LxdproxyNat if name == "lxdproxy-nat" else Lxdproxy)(env, base, daemon, iperf_port=iperf)
 
@@ -119,11 +125,15 @@ def _meta(sizes: Sizes) -> dict[str, Any]:
 
 def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                    workloads_wanted: list[str] | None = None, strict: bool = False,
+                   baseline: str | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything inside ``lab`` (a lab.Lab); returns the raw results (JSON-ready).
-    strict: a failing run raises instead of being recorded as an error (the smoke test uses it)."""
+    strict: a failing run raises instead of being recorded as an error (the smoke test uses it).
+    baseline: a commit whose lxdproxy runs as the peer ``lxdproxy-base`` (benchmarks.baseline)."""
     unavailable = unavailable_peers()
-    wanted = peers or report.PEER_ORDER
+    if not baseline:
+        unavailable["lxdproxy-base"] = "no --baseline REV given"
+    wanted = peers or [p for p in report.PEER_ORDER if baseline or p != "lxdproxy-base"]
     skipped = {p: unavailable[p] for p in wanted if p in unavailable}
     names = [p for p in wanted if p not in unavailable]
     chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
@@ -131,10 +141,25 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                                "device_add": {}, "memory": {}, "restart": {}, "errors": []}
     env = BenchEnv(lab)
     env.start_servers(tuple(IPERF_PORTS[p] for p in names))
-    daemon = None
+    daemon = base_daemon = None
+    base_source = None
     started: list[Peer] = []
     try:
-        if any(p.startswith("lxdproxy") for p in names):
+        if "lxdproxy-base" in names:
+            assert baseline is not None
+            try:
+                commit = baseline_code.resolve(baseline)
+                results["meta"]["baseline"] = commit
+                base_source = baseline_code.extract(commit)
+                base_daemon = LxdproxyDaemon(lab, label="base", source=base_source)
+                base_daemon.start()
+                base_daemon.add_instance(INSTANCE_NAME, env.inst)
+            except Exception as exc:
+                if strict:
+                    raise
+                names.remove("lxdproxy-base")
+                skipped["lxdproxy-base"] = f"baseline {baseline}: {exc}"
+        if any(p in ("lxdproxy", "lxdproxy-nat") for p in names):
             daemon = LxdproxyDaemon(lab)
             try:
                 daemon.start()
@@ -142,11 +167,11 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             except Exception as exc:
                 if strict:
                     raise
-                for name in [p for p in names if p.startswith("lxdproxy")]:
+                for name in [p for p in names if p in ("lxdproxy", "lxdproxy-nat")]:
                     names.remove(name)
                     skipped[name] = f"daemon did not start: {exc}"
         for name in names:
-            peer = _make_peer(name, env, daemon)
+            peer = _make_peer(name, env, daemon, base_daemon)
             try:
                 peer.start()
             except Exception as exc:
@@ -209,6 +234,10 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             if results["errors"]:
                 results["daemon_log_tail"] = daemon.log_tail()
             daemon.stop()
+        if base_daemon is not None:
+            base_daemon.stop()
+        if base_source is not None:
+            baseline_code.cleanup(base_source)
     results["meta"]["loadavg_end"] = os.getloadavg()
     return results
 
@@ -256,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                    "full run records into docs/ and docs/img/; other sizes into "
                    "benchmarks/results/<size>/, which git ignores)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run the lxdproxy of this commit (peer lxdproxy-base), beside this "
+                        "checkout's, so targets against earlier code are measured in the same run")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="run nothing: write the document (and plot) again from recorded raw results, "
                         "e.g. after editing benchmarks/analysis.md")
@@ -285,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with Lab() as lab:
         results = run_benchmarks(lab, sizes, peers=args.peers.split(",") if args.peers else None,
-                                 workloads_wanted=args.workloads.split(",") if args.workloads else None)
+                                 workloads_wanted=args.workloads.split(",") if args.workloads else None,
+                                 baseline=args.baseline)
     table = write_outputs(results, md, js, None if args.no_plot else png)
     print()
     print(table)

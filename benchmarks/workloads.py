@@ -20,7 +20,14 @@ GIB = 1 << 30
 
 def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     """iperf3 -c <peer> -n <size>: host -> instance. CPU is the forwarding processes' utime+stime over
-    the run, divided by the GiB the receiver got."""
+    the run, divided by the GiB the receiver got; the sender's and the receiver's CPU come from
+    iperf3's own accounting (its ``cpu_utilization_percent``, of one CPU over the test).
+
+    The kernel's TCP work for a loopback or veth hop runs in whichever process's system call or
+    softirq happens to process it (a sender's transmit often carries the receiver's protocol work;
+    an ACK processed in the proxy can push the sender's queued data out in the proxy's time), so
+    the proxy's share moves between runs while the path's total (sender + proxy + receiver) is
+    steadier: both are recorded."""
     pids = peer.cpu_pids()
     cpu0 = procstat.cpu_seconds(pids)
     busy0, total0 = procstat.machine_ticks()
@@ -31,13 +38,20 @@ def bulk(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
     cpu = procstat.cpu_seconds(pids) - cpu0
     recv = doc["end"]["sum_received"]
     gib = recv["bytes"] / GIB
+    util = doc["end"].get("cpu_utilization_percent", {})
+    sender = util.get("host_total", 0.0) / 100 * recv["seconds"] / gib if gib else None
+    receiver = util.get("remote_total", 0.0) / 100 * recv["seconds"] / gib if gib else None
     out = {"gbit_s": recv["bits_per_second"] / 1e9, "bytes": recv["bytes"], "seconds": recv["seconds"],
+           "sender_cpu_s_per_gib": sender, "receiver_cpu_s_per_gib": receiver,
            "retransmits": doc["end"]["sum_sent"].get("retransmits", 0),
            # every CPU of the machine (other jobs included): near 100 means the run was CPU-bound
            "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0)}
+    path = (sender or 0.0) + (receiver or 0.0)
     if not peer.in_kernel:
         out["cpu_s"] = cpu
         out["cpu_s_per_gib"] = cpu / gib if gib else None
+        path += out["cpu_s_per_gib"] or 0.0
+    out["path_cpu_s_per_gib"] = path if gib else None
     return out
 
 

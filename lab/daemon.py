@@ -19,11 +19,12 @@ LXDPROXY = REPO / ".venv" / "bin" / "lxdproxy"
 NFT_TABLE = "lxdproxytest"
 
 
-def start_in_lab_host(lab: Any, argv: list[str], log_path: Path,
-                      timeout: float = 20.0) -> subprocess.Popen[bytes]:
-    """Start ``lxdproxy serve`` in lab.host (stderr to ``log_path``) and wait for its ready line."""
+def start_in_lab_host(lab: Any, argv: list[str], log_path: Path, timeout: float = 20.0, *,
+                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``lxdproxy serve`` in lab.host (stderr to ``log_path``) and wait for its ready line.
+    ``env``: the process's whole environment (default: ours)."""
     with open(log_path, "ab") as log:
-        proc = lab.host.popen(argv, stdout=subprocess.PIPE, stderr=log)
+        proc = lab.host.popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

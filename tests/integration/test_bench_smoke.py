@@ -4,11 +4,14 @@ rot. No timing is asserted: only that each workload really moved data through th
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks import report, report_restart
+from benchmarks import baseline, report, report_restart
 from benchmarks.run import FLOORS, run_benchmarks, unavailable_peers, write_outputs
 from benchmarks.sizes import SMOKE
 
@@ -66,9 +69,63 @@ def test_report_medians_ratios_and_targets() -> None:
                for r in restart_rows)
 
 
+def test_baseline_targets_compare_with_the_baseline_peer_of_the_same_run() -> None:
+    """Pure: the two CPU-per-GiB targets against ``--baseline`` read the lxdproxy-base column."""
+    def targets(base: dict | None) -> dict[str, str]:
+        runs = {"lxdproxy": [{"cpu_s_per_gib": 0.30, "path_cpu_s_per_gib": 1.0}]}
+        if base is not None:
+            runs["lxdproxy-base"] = [base]
+        results = {"meta": {"sizes": {"memory_devices": []}}, "peers": list(runs), "runs": {"bulk": runs}}
+        rows = report.targets_table(report.summarize(results)).splitlines()[2:]
+        return {r.split(" | ")[0][2:]: r.split(" | ")[-1] for r in rows}
+
+    cpu = "Proxy CPU per GiB (bulk) ≤ the `--baseline` commit's, same run"
+    path = "Sender + proxy + receiver CPU per GiB ≤ the `--baseline` commit's, same run"
+    got = targets({"cpu_s_per_gib": 0.35, "path_cpu_s_per_gib": 0.9})
+    assert got[cpu] == "yes |" and got[path] == "**no** |"
+    assert targets(None)[cpu] == "not measured |"
+
+
+def test_baseline_extracts_a_commit_that_its_daemon_imports(tmp_path) -> None:
+    """``git archive`` of the package, and PYTHONPATH wins over this checkout's editable install."""
+    commit = baseline.resolve("HEAD")
+    root = baseline.extract(commit)
+    try:
+        assert (root / "lxdproxy" / "__init__.py").is_file()
+        done = subprocess.run([sys.executable, "-c", "import lxdproxy; print(lxdproxy.__file__)"],
+                              env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+                              text=True, cwd=tmp_path, check=True)
+        assert done.stdout.strip() == str(root / "lxdproxy" / "__init__.py")
+    finally:
+        baseline.cleanup(root)
+    assert not root.exists()
+    with pytest.raises(baseline.BaselineError, match="not a commit"):
+        baseline.resolve("no-such-rev-anywhere")
+
+
+@pytest.mark.lab
+def test_baseline_peer_forwards_beside_the_current_daemon(lab) -> None:
+    """``--baseline REV``: a second daemon running REV's code is a peer of the same run."""
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is absent (scripts/bootstrap --bench installs it)")
+    why = unavailable_peers().get("lxdproxy")
+    if why:
+        pytest.skip(f"lxdproxy peer: {why}")
+
+    results = run_benchmarks(lab, SMOKE, peers=["lxdproxy", "lxdproxy-base"], workloads_wanted=["bulk"],
+                             baseline="HEAD", strict=True, log=lambda _msg: None)
+
+    assert results["peers"] == ["lxdproxy", "lxdproxy-base"] and results["errors"] == []
+    assert results["meta"]["baseline"] == baseline.resolve("HEAD")
+    for peer in results["peers"]:
+        (bulk,) = results["runs"]["bulk"][peer]
+        assert bulk["bytes"] > 0 and bulk["cpu_s"] >= 0
+        assert bulk["path_cpu_s_per_gib"] >= bulk["cpu_s_per_gib"]
+
+
 @pytest.mark.lab
 @pytest.mark.slow
-@pytest.mark.parametrize("peer", [p for p in report.PEER_ORDER if p not in FLOORS])
+@pytest.mark.parametrize("peer", [p for p in report.PEER_ORDER if p not in FLOORS and p != "lxdproxy-base"])
 def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 is absent (scripts/bootstrap --bench installs it)")
@@ -87,6 +144,7 @@ def test_every_workload_runs_through(lab, tmp_path, peer: str) -> None:
     assert 0 < bulk["bytes"] <= (4 << 20) + (128 << 10) and bulk["gbit_s"] > 0
     if peer in ("socat", "forkproxy", "lxdproxy"):
         assert bulk["cpu_s"] >= 0
+    assert bulk["sender_cpu_s_per_gib"] >= 0 and bulk["receiver_cpu_s_per_gib"] >= 0
     for n in SMOKE.connrate_clients:
         (conn,) = runs[f"connrate_{n}"][peer]
         assert conn["connections"] > 0 and conn["errors"] == 0 and conn["clients"] == n
