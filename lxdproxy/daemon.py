@@ -28,6 +28,7 @@ from aiohttp import web
 
 from lxdproxy.api.app import create_app
 from lxdproxy.api.internal import InternalControl, add_internal_routes
+from lxdproxy.api.lazy_trust import LazyTrustStore
 from lxdproxy.api.metrics import device_collector
 from lxdproxy.api.server import ApiLimits, ApiServer
 from lxdproxy.errors import LxdError, NotSupportedError
@@ -237,7 +238,8 @@ class Daemon:
         trust, ssl_ctx, info = None, None, {}
         if cfg.https:
             trust, ssl_ctx, info = self._tls(cfg.https)
-        app = build_app(components, info=info, trust=trust,
+        app = build_app(components, info=info,
+                        trust=trust if trust is not None else LazyTrustStore(cfg.state_dir),
                         control=InternalControl(shutdown=self._request_shutdown,
                                                 reload=self._reload))
         ApiServer.install(app, cfg.api_limits)

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from lxdproxy.api import tls
 from lxdproxy.api.certificates import certificate_etag
+from lxdproxy.api.lazy_trust import LazyTrustStore
 from lxdproxy.daemon import Components, DaemonConfig, build_app, build_components
 from lxdproxy.store import Store
 
@@ -345,12 +346,12 @@ async def test_revoking_a_token_cancels_its_operation(api: Api) -> None:
     assert (status, body["error"]) == (400, "Only running operations can be cancelled")
 
 
-async def test_without_https_certificates_need_the_listener(tmp_path: Path,
-                                                           aiohttp_client: Any) -> None:
+async def test_without_https_the_store_is_served_and_tokens_are_refused(tmp_path: Path,
+                                                                      aiohttp_client: Any) -> None:
     config = DaemonConfig(state_dir=tmp_path, nft_table="lxdproxytest", workers=0)
     components = await build_components(config, Store(tmp_path / "db"))
     try:
-        client = await aiohttp_client(build_app(components))
+        client = await aiohttp_client(build_app(components, trust=LazyTrustStore(tmp_path)))
         resp = await client.post("/1.0/certificates",
                                  json={"name": "x", "type": "client", "token": True})
         body = await resp.json()
@@ -358,6 +359,14 @@ async def test_without_https_certificates_need_the_listener(tmp_path: Path,
             400, "Can't issue token when server isn't listening on network")
         resp = await client.get("/1.0/certificates")
         body = await resp.json()
-        assert resp.status == 400 and "--https" in body["error"]
+        assert (resp.status, body["metadata"]) == (200, [])
+        crt, _key = tls.generate_self_signed("ci", server=False)
+        der = base64.b64encode(ssl.PEM_cert_to_DER_cert(crt.decode())).decode()
+        resp = await client.post("/1.0/certificates", json={"name": "ci", "type": "client",
+                                                            "certificate": der})
+        assert resp.status == 201, await resp.text()  # SyncResponseLocation, as LXD
+        resp = await client.get("/1.0/certificates?recursion=1")
+        (entry,) = (await resp.json())["metadata"]
+        assert entry["name"] == "ci"
     finally:
         await components.close()

@@ -135,3 +135,35 @@ def test_pylxd_certificates_and_token_authenticate(lab, tmp_path: Path) -> None:
         assert entry.name == "remote-py"
     finally:
         shutdown_daemon(proc, sock)
+
+
+def test_without_https_lxc_lists_and_adds_certificates_over_the_unix_socket(lab, tmp_path: Path) -> None:
+    """As LXD without `core.https_address`: the trust store is there over the unix socket; only a
+    token, which needs an address to join, is refused (LXD's words)."""
+    if LXC is None:
+        pytest.skip("needs the lxc client (apt lxd-client)")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    crt, _key = generate_self_signed("ci-runner", server=False)
+    (tmp_path / "ci.crt").write_bytes(crt)
+    proc, sock = start_daemon(lab, tmp_path)
+    try:
+        def lxc(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "LXD_CONF": str(conf), "LXD_SOCKET": sock}
+            return lab.host.run([LXC, *args], check=False, env=env, text=True)
+
+        listed = lxc("config", "trust", "list", "--format", "csv")
+        assert (listed.returncode, listed.stdout) == (0, ""), listed.stderr
+        token = lxc("config", "trust", "add", "--name", "laptop")
+        assert token.returncode == 1
+        assert token.stderr.strip() == "Error: Can't issue token when server isn't listening on network"
+        added = lxc("config", "trust", "add", str(tmp_path / "ci.crt"))
+        assert added.returncode == 0, added.stderr
+        (row,) = lxc("config", "trust", "list", "--format", "csv").stdout.splitlines()
+        assert row.startswith("client,ci.crt,")
+    finally:
+        shutdown_daemon(proc, sock)
+    log = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in log
+    (entry,) = TrustStore(tmp_path / "st").list()
+    assert entry.name == "ci.crt"
