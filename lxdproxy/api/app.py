@@ -86,7 +86,7 @@ async def tls_trust(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     der = ssl_object.getpeercert(binary_form=True)
     trusted = bool(der) and trust.is_trusted(der)  # type: ignore[attr-defined]
-    request["trusted"] = trusted
+    request[certificates.TRUSTED] = trusted
     if trusted:
         return await handler(request)
     if request.method == "GET" and request.path.rstrip("/") in ("", "/1.0"):
@@ -122,7 +122,7 @@ async def get_root(request: web.Request) -> web.Response:
 
 
 async def get_server(request: web.Request) -> web.Response:
-    info = server_info(trusted=request.get("trusted", True), **request.app[INFO])
+    info = server_info(trusted=request.get(certificates.TRUSTED, True), **request.app[INFO])
     return sync_response(info)
 
 

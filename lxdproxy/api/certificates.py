@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # cryptography (~14 MiB) is loaded only by a daemon serving H
 
 log = logging.getLogger("lxdproxy.api.certificates")
 
+# Set by app.tls_trust on every request: False for an HTTPS client whose certificate is not
+# trusted; absent (trusted) over the unix socket.
+TRUSTED = web.RequestKey("trusted", bool)
+
 CERTIFICATE_TYPES = ("client", "server", "metrics")
 TOKEN_DESCRIPTION = "Executing operation"  # operationtype.CertificateAddToken has no own text
 FORBIDDEN = "not authorized"  # response.Forbidden(nil)
@@ -223,7 +227,7 @@ class CertificateApi:
                 raise LxdError("Tokens can only be issued for client certificates", 400)
             if not self.addresses:
                 raise LxdError("Can't issue token when server isn't listening on network", 400)
-        trusted = bool(request.get("trusted", True))
+        trusted = request.get(TRUSTED, True)
         if trusted and not certificate and not token:
             raise LxdError("Client is already trusted", 400)
         if not trusted:
