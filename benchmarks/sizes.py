@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class Sizes:
     name: str
     rounds: int  # every workload x every peer, interleaved; medians over these
-    bulk_bytes: str  # iperf3 -n
+    # iperf3 -n: long enough that /proc CPU ticks (10 ms) are noise: 1 GiB is ~0.3 s of proxy CPU
+    bulk_bytes: str
     connrate_seconds: float
     connrate_clients: tuple[int, ...]  # one connection-rate workload per count of client processes
     latency_requests: int  # round trips on one kept-open connection
@@ -25,9 +26,9 @@ class Sizes:
     scrape_interval: float  # GET /1.0/metrics during the scraped bulk run
 
 
-FULL = Sizes("full", 5, "2G", 5.0, (2, 4), 20000, 5, "2G", (1, 100, 1000), (1, 10), 10, 1.0,
+FULL = Sizes("full", 5, "4G", 5.0, (2, 4), 20000, 5, "2G", (1, 100, 1000), (1, 10), 10, 1.0,
              3, 1.0, 2.0, 1.0)
-QUICK = Sizes("quick", 3, "256M", 1.5, (2, 4), 3000, 1, "2G", (1, 100, 1000), (1, 3), 5, 1.0,
+QUICK = Sizes("quick", 3, "1G", 1.5, (2, 4), 3000, 1, "2G", (1, 100, 1000), (1, 3), 5, 1.0,
               2, 0.5, 1.5, 1.0)
 SMOKE = Sizes("smoke", 1, "4M", 0.2, (2,), 50, 1, "20M", (1, 3), (1,), 1, 0.1,
               1, 0.2, 0.5, 0.05)
