@@ -111,7 +111,9 @@ def document(results: dict[str, Any], summary: dict[str, dict[str, float | None]
         "",
         "## Workloads",
         "",
-        f"- **Bulk**: `iperf3 -c <peer> -n {sizes['bulk_bytes']}` host→instance; receiver throughput "
+        f"- **Bulk**: `iperf3 -c <peer> -n {sizes['bulk_bytes']}` host→instance, "
+        f"{sizes.get('bulk_repeats', 1)} run(s) per peer in each round (medians over "
+        f"{sizes['rounds'] * sizes.get('bulk_repeats', 1)}); receiver throughput "
         "(iperf3's server count, which stops at the end-of-test message, so bytes still buffered in a "
         "proxy are not counted). Note the paths differ: direct and NAT cross the veth (MTU 1500, with "
         "GRO/GSO); forkproxy and lxdproxy take loopback on both sides (client→proxy in the host netns, "

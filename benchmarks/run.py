@@ -208,10 +208,12 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             for wname, fn in WORKLOADS.items():
                 if wname not in results["runs"]:
                     continue
-                for peer in [p for p in order if _applies(wname, p.name)]:
-                    res = attempt(f"{wname} {peer.name}",
-                                  lambda fn=fn, peer=peer: fn(env, peer, sizes))  # type: ignore[misc]
-                    results["runs"][wname][peer.name].append(res)
+                repeats = sizes.bulk_repeats if wname == "bulk" else 1
+                for _ in range(repeats):
+                    for peer in [p for p in order if _applies(wname, p.name)]:
+                        res = attempt(f"{wname} {peer.name}",
+                                      lambda fn=fn, peer=peer: fn(env, peer, sizes))  # type: ignore[misc]
+                        results["runs"][wname][peer.name].append(res)
         if "device_add" in chosen:
             for peer in started:
                 if peer.adds_forwards:
