@@ -119,7 +119,8 @@ def _meta(sizes: Sizes) -> dict[str, Any]:
 
 def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                    workloads_wanted: list[str] | None = None, strict: bool = False,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print,
+                   serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run everything inside ``lab`` (a lab.Lab); returns the raw results (JSON-ready).
     strict: a failing run raises instead of being recorded as an error (the smoke test uses it)."""
     unavailable = unavailable_peers()
@@ -127,7 +128,8 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     skipped = {p: unavailable[p] for p in wanted if p in unavailable}
     names = [p for p in wanted if p not in unavailable]
     chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
-    results: dict[str, Any] = {"meta": _meta(sizes), "peers": [], "skipped": skipped, "runs": {},
+    results: dict[str, Any] = {"meta": {**_meta(sizes), "serve_args": list(serve_args)},
+                               "peers": [], "skipped": skipped, "runs": {},
                                "device_add": {}, "memory": {}, "restart": {}, "errors": []}
     env = BenchEnv(lab)
     env.start_servers(tuple(IPERF_PORTS[p] for p in names))
@@ -135,7 +137,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     started: list[Peer] = []
     try:
         if any(p.startswith("lxdproxy") for p in names):
-            daemon = LxdproxyDaemon(lab)
+            daemon = LxdproxyDaemon(lab, extra_args=serve_args)
             try:
                 daemon.start()
                 daemon.add_instance(INSTANCE_NAME, env.inst)
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                    "full run records into docs/ and docs/img/; other sizes into "
                    "benchmarks/results/<size>/, which git ignores)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
+                   help="an extra `lxdproxy serve` flag for the lxdproxy peers (repeatable), "
+                        "e.g. --serve-arg=--no-udp-spread")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="run nothing: write the document (and plot) again from recorded raw results, "
                         "e.g. after editing benchmarks/analysis.md")
@@ -285,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with Lab() as lab:
         results = run_benchmarks(lab, sizes, peers=args.peers.split(",") if args.peers else None,
-                                 workloads_wanted=args.workloads.split(",") if args.workloads else None)
+                                 workloads_wanted=args.workloads.split(",") if args.workloads else None,
+                                 serve_args=tuple(args.serve_arg))
     table = write_outputs(results, md, js, None if args.no_plot else png)
     print()
     print(table)

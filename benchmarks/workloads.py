@@ -150,8 +150,10 @@ def _wait_udp_drained(env: BenchEnv, peer: Peer, timeout: float = 5.0) -> None:
     finish before the next test, so no stale datagram reaches a later test's server."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = env.host.run(["ss", "-Huln", f"sport = :{peer.bulk.port}"], check=False).stdout.split()
-        if not out or out[1] == b"0":  # columns: State Recv-Q Send-Q ...
+        rows = env.host.run(["ss", "-Huln", f"sport = :{peer.bulk.port}"],
+                            check=False).stdout.splitlines()
+        # columns: State Recv-Q Send-Q ...; one row per socket (the spread has one per worker)
+        if all(row.split()[1] == b"0" for row in rows if row.split()):
             return
         time.sleep(0.05)
 
