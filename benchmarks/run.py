@@ -45,6 +45,7 @@ WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
     "connrate_4": partial(workloads.connrate, clients=4),
     "latency": workloads.latency,
     "udp": workloads.udp,
+    "udp_many": partial(workloads.udp, streams=8),  # 8 clients: sessions over the workers
 }
 ONLY_PEERS = {"bulk_scraped": ("lxdproxy",)}
 EXTRA_WORKLOADS = ("device_add", "memory", "restart")

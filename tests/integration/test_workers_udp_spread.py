@@ -64,8 +64,10 @@ class Clients:
     """``n`` UDP clients in the lab's host netns, each its own source port; the recorder at
     the target tells which source address each session's datagrams came from."""
 
-    def __init__(self, lab: Lab, recorder: UdpRecorder, n: int) -> None:
+    def __init__(self, lab: Lab, recorder: UdpRecorder, n: int,
+                 address: tuple[str, int] = LISTEN) -> None:
         self.recorder = recorder
+        self.address = address
         self.socks = [lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
         for s in self.socks:
             s.settimeout(0.2)
@@ -73,7 +75,7 @@ class Clients:
     def _ask(self, i: int, tag: str, deadline: float) -> None:
         want = f"{i}:{tag}".encode()
         while True:
-            self.socks[i].sendto(want, LISTEN)
+            self.socks[i].sendto(want, self.address)
             try:
                 while self.socks[i].recv(2048) != want:
                     pass
@@ -242,6 +244,29 @@ async def test_an_update_that_keeps_the_listener_sends_new_sessions_the_new_way(
     finally:
         second.close()
     clients.close()
+
+
+async def test_a_listener_change_moves_the_groups(
+        lab: Lab, state_dir: Path, pools: list[WorkerPool], recorder: UdpRecorder) -> None:
+    pool = await _pool(pools, state_dir)
+    await _device(lab, pool, recorder)
+    # Another port: the new group opens before the old one closes. Another address on the same
+    # port: the old group must close first (the port clash path).
+    for listen, address in [("udp:127.0.0.1:1235", ("127.0.0.1", 1235)),
+                            ("udp:0.0.0.0:1235", ("198.18.0.1", 1235))]:
+        await _device(lab, pool, recorder, listen=listen)
+        clients = Clients(lab, recorder, 16, address)
+        await clients.round(listen, timeout=2.0)
+        sessions = await _sessions(pool)
+        assert sum(sessions.values()) == 16 and min(sessions.values()) > 0, sessions
+        clients.close()
+    probe = lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(LISTEN)
+    probe.send(b"x")
+    with pytest.raises(ConnectionRefusedError):  # the old port is closed: ICMP unreachable
+        probe.settimeout(1)
+        probe.recv(10)
+    probe.close()
 
 
 async def test_a_second_device_on_the_same_port_is_refused_as_without_the_spread(
