@@ -68,7 +68,8 @@ class Clients:
                  address: tuple[str, int] = LISTEN) -> None:
         self.recorder = recorder
         self.address = address
-        self.socks = [lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socks = [lab.host.socket(family, socket.SOCK_DGRAM) for _ in range(n)]
         for s in self.socks:
             s.settimeout(0.2)
 
@@ -251,14 +252,16 @@ async def test_a_listener_change_moves_the_groups(
     pool = await _pool(pools, state_dir)
     await _device(lab, pool, recorder)
     # Another port: the new group opens before the old one closes. Another address on the same
-    # port: the old group must close first (the port clash path).
-    for listen, address in [("udp:127.0.0.1:1235", ("127.0.0.1", 1235)),
-                            ("udp:0.0.0.0:1235", ("198.18.0.1", 1235))]:
-        await _device(lab, pool, recorder, listen=listen)
+    # port: the old group must close first (the port clash path). Then dual-stack IPv6.
+    for listen, address, total in [("udp:127.0.0.1:1235", ("127.0.0.1", 1235), 16),
+                                   ("udp:0.0.0.0:1235", ("198.18.0.1", 1235), 16),
+                                   ("udp:[::]:1236", ("fd42::1", 1236), 16),
+                                   ("udp:[::]:1236", ("198.18.0.1", 1236), 32)]:
+        await _device(lab, pool, recorder, listen=listen)  # the last: the same, a no-op
         clients = Clients(lab, recorder, 16, address)
         await clients.round(listen, timeout=2.0)
         sessions = await _sessions(pool)
-        assert sum(sessions.values()) == 16 and min(sessions.values()) > 0, sessions
+        assert sum(sessions.values()) == total and min(sessions.values()) > 0, sessions
         clients.close()
     probe = lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.connect(LISTEN)
