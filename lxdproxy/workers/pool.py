@@ -34,7 +34,6 @@ from lxdproxy.forward.endpoints import Endpoints, remove_socket_file
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, RelayKind, plan_device
-from lxdproxy.forward.udp import reuseport
 from lxdproxy.netns import Namespaces, ns_identity
 from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.workers.link import REQUEST_TIMEOUT, WorkerError, WorkerGone, WorkerLink
@@ -52,7 +51,12 @@ from lxdproxy.workers.protocol import (
     Stop,
     spec_from_json,
 )
-from lxdproxy.workers.udp_groups import DeviceFds, join_groups, open_groups
+from lxdproxy.workers.udp_groups import (
+    DeviceFds,
+    fds_for_slot,
+    spread_listeners,
+    spread_unavailable,
+)
 
 log = logging.getLogger("lxdproxy.workers")
 
@@ -442,8 +446,7 @@ class WorkerPool:
     # -- UDP sessions spread over the workers (udp_groups) -------------------------------------
     def _check_spread(self) -> bool:
         """Whether UDP devices get one socket per worker; says once, at info, why not."""
-        why = ("turned off (--no-udp-spread)" if not self.udp_spread
-               else "one worker" if self.size < 2 else reuseport.unavailable())
+        why = spread_unavailable(wanted=self.udp_spread, workers=self.size)
         if why is None:
             return True
         log.info("UDP sessions are not spread over the workers (%s): one worker per device "
@@ -457,76 +460,23 @@ class WorkerPool:
 
     async def _spread_listeners(self, key: DeviceKey, spec: DeviceSpec, plan: DevicePlan,
                                 keep: dict[int, int]) -> DeviceFds:
-        """Each active worker's own sockets and the maps: kept listeners from that worker
-        itself, the others in new groups."""
-        links = list(self._active.values())
-        fresh = [s for i, s in enumerate(plan.listeners) if i not in keep]
-        out = DeviceFds()
-        new_maps: list[int] = []
         try:
-            new_socks: dict[int, list[int]] = {}
-            if fresh:
-                try:
-                    new_socks, new_maps = await open_groups(
-                        fresh, spec.listen_ns or Namespaces.current(), self.size,
-                        [w.index for w in links])
-                except PlanError as exc:
-                    raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
-            for link in links:
-                own: tuple[list[int], list[int]] = ([], [])
-                if keep:
-                    got = await _own_listeners(link, key)
-                    if got is None:
-                        continue  # gone: its replacement gets fresh sockets
-                    own = got
-                listeners, maps = [], []
-                made = iter(zip(new_socks.get(link.index, []), new_maps, strict=True))
-                for i in range(len(plan.listeners)):
-                    if i in keep:
-                        listeners.append(own[0][keep[i]])
-                        maps.append(own[1][keep[i]])
-                    else:
-                        sock, map_fd = next(made)
-                        listeners.append(sock)
-                        maps.append(os.dup(map_fd))
-                used = set(listeners) | set(maps)
-                _close_fds(fd for fd in [*own[0], *own[1]] if fd not in used)
-                out.slots[link.index] = (listeners, maps)
-                new_socks.pop(link.index, None)
-        except BaseException:
-            out.close()
-            raise
-        finally:
-            _close_fds(new_maps)
-            _close_fds(fd for fds in new_socks.values() for fd in fds)
-        return out
+            return await spread_listeners(list(self._active.values()), key,
+                                          spec.listen_ns or Namespaces.current(), plan.listeners,
+                                          keep, self.size)
+        except PlanError as exc:
+            raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
 
     async def _fds_for_worker(self, key: DeviceKey, link: WorkerLink) -> DeviceFds:
         """What ``link`` (a new or replacement worker) needs to run ``key``."""
         if key not in self._spread:
             return DeviceFds(shared=await self._listener_fds(key, exclude=link))
         spec = self._specs[key]
-        plan = _plan_of(spec)
-        listen_ns = spec.listen_ns or Namespaces.current()
+        others = [w for w in self._active.values() if w is not link]
         try:
-            for other in list(self._active.values()):
-                if other is link:
-                    continue
-                got = await _own_listeners(other, key)
-                if got is None:
-                    continue
-                socks, maps = got
-                _close_fds(socks)  # another slot's: never kept here, or it outlives its worker
-                try:
-                    fds = await join_groups(plan.listeners, listen_ns, maps, link.index)
-                except BaseException:
-                    _close_fds(maps)
-                    raise
-                return DeviceFds(slots={link.index: (fds, maps)})
-            # No worker runs it any more: its groups are gone with their sockets.
-            new_socks, new_maps = await open_groups(plan.listeners, listen_ns, self.size,
-                                                    [link.index])
-            return DeviceFds(slots={link.index: (new_socks[link.index], new_maps)})
+            return await fds_for_slot(others, link.index, key,
+                                      spec.listen_ns or Namespaces.current(),
+                                      _plan_of(spec).listeners, self.size)
         except PlanError as exc:
             raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
         except OSError as exc:
@@ -723,21 +673,6 @@ async def _shutdown_link(link: WorkerLink) -> None:
     with contextlib.suppress(FileNotFoundError):
         link.path.unlink()
     link.reap()
-
-
-async def _own_listeners(link: WorkerLink, key: DeviceKey
-                         ) -> tuple[list[int], list[int]] | None:
-    """``link``'s sockets and reuseport maps of ``key``; None if it is gone or does not run
-    it."""
-    try:
-        reply, fds = await link.request(Listeners(key))
-    except WorkerGone:
-        return None
-    maps = reply.result.get("udp_maps", 0) if isinstance(reply.result, dict) else 0
-    if not reply.ok or not isinstance(maps, int) or not 0 <= maps <= len(fds):
-        _close_fds(fds)
-        return None
-    return fds[:len(fds) - maps], fds[len(fds) - maps:]
 
 
 def _close_fds(fds: Iterable[int]) -> None:

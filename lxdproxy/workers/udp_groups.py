@@ -10,6 +10,8 @@ into the same maps (``join``).
 
 ``DeviceFds`` is what a start sends, per slot: shared sockets (tcp, unix, or UDP read by one
 owner) go to every worker; a spread device's worker gets its own sockets, then the maps.
+``spread_listeners`` makes them for a start (or an update, keeping what each worker has);
+``fds_for_slot`` for one new worker, from the maps a running one holds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Iterable
 from lxdproxy.forward.plan import ListenSpec, PlanError, listen_error
 from lxdproxy.forward.udp import reuseport
 from lxdproxy.netns import Namespaces, NetnsExecutor, netns_executor
+from lxdproxy.workers.link import WorkerGone, WorkerLink
+from lxdproxy.workers.protocol import DeviceKey, Listeners
 
 
 @dataclasses.dataclass
@@ -158,4 +162,94 @@ async def join_groups(listeners: Iterable[ListenSpec], listen_ns: Namespaces,
     return fds
 
 
-__all__ = ["DeviceFds", "join_groups", "open_groups"]
+def spread_unavailable(*, wanted: bool, workers: int) -> str | None:
+    """Why the pool keeps one reading worker per UDP device (None: it spreads them)."""
+    if not wanted:
+        return "turned off (--no-udp-spread)"
+    if workers < 2:
+        return "one worker"
+    return reuseport.unavailable()
+
+
+async def own_listeners(link: WorkerLink, key: DeviceKey
+                        ) -> tuple[list[int], list[int]] | None:
+    """``link``'s sockets and reuseport maps of ``key``; None if it is gone or does not run
+    it."""
+    try:
+        reply, fds = await link.request(Listeners(key))
+    except WorkerGone:
+        return None
+    maps = reply.result.get("udp_maps", 0) if isinstance(reply.result, dict) else 0
+    if not reply.ok or not isinstance(maps, int) or not 0 <= maps <= len(fds):
+        DeviceFds(shared=fds).close()
+        return None
+    return fds[:len(fds) - maps], fds[len(fds) - maps:]
+
+
+async def spread_listeners(links: list[WorkerLink], key: DeviceKey, listen_ns: Namespaces,
+                           listeners: tuple[ListenSpec, ...], keep: dict[int, int], size: int
+                           ) -> DeviceFds:
+    """Each of ``links``' own sockets and the maps for a start of ``key``: kept listeners
+    (new position -> old) from that worker itself, the others in new groups. Raises PlanError
+    (LXD's text) or OSError (bpf)."""
+    fresh = [s for i, s in enumerate(listeners) if i not in keep]
+    out = DeviceFds()
+    new_maps: list[int] = []
+    new_socks: dict[int, list[int]] = {}
+    try:
+        if fresh:
+            new_socks, new_maps = await open_groups(fresh, listen_ns, size,
+                                                    [w.index for w in links])
+        for link in links:
+            own: tuple[list[int], list[int]] = ([], [])
+            if keep:
+                got = await own_listeners(link, key)
+                if got is None:
+                    continue  # gone: its replacement gets fresh sockets
+                own = got
+            socks, maps = [], []
+            made = iter(zip(new_socks.pop(link.index, []), new_maps, strict=True))
+            for i in range(len(listeners)):
+                if i in keep:
+                    socks.append(own[0][keep[i]])
+                    maps.append(own[1][keep[i]])
+                else:
+                    sock, map_fd = next(made)
+                    socks.append(sock)
+                    maps.append(os.dup(map_fd))
+            used = set(socks) | set(maps)
+            DeviceFds(shared=[fd for fd in [*own[0], *own[1]] if fd not in used]).close()
+            out.slots[link.index] = (socks, maps)
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        DeviceFds(shared=[*new_maps, *(fd for fds in new_socks.values() for fd in fds)]).close()
+    return out
+
+
+async def fds_for_slot(others: list[WorkerLink], slot: int, key: DeviceKey,
+                       listen_ns: Namespaces, listeners: tuple[ListenSpec, ...], size: int
+                       ) -> DeviceFds:
+    """What a new worker in ``slot`` (a replacement, or the next generation) needs to run
+    ``key``: a fresh socket in each running group, from the maps another worker holds; new
+    groups when no worker runs it any more. Raises PlanError or OSError."""
+    for other in others:
+        got = await own_listeners(other, key)
+        if got is None:
+            continue
+        socks, maps = got
+        DeviceFds(shared=socks).close()  # another slot's: never kept, or it outlives its worker
+        try:
+            fds = await join_groups(listeners, listen_ns, maps, slot)
+        except BaseException:
+            DeviceFds(shared=maps).close()
+            raise
+        return DeviceFds(slots={slot: (fds, maps)})
+    # Its groups went with their last sockets.
+    new_socks, new_maps = await open_groups(listeners, listen_ns, size, [slot])
+    return DeviceFds(slots={slot: (new_socks[slot], new_maps)})
+
+
+__all__ = ["DeviceFds", "fds_for_slot", "join_groups", "open_groups", "own_listeners",
+           "spread_listeners", "spread_unavailable"]
