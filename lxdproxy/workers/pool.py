@@ -509,6 +509,8 @@ class WorkerPool:
         if old is None:
             await asyncio.gather(*(w.call(Stop(spec.key)) for w in started),
                                  return_exceptions=True)
+        elif not started:
+            pass  # every worker refused: each still runs the old configuration
         elif fds.slots or old.key in self._spread:
             # Each worker had its own sockets: the started ones closed theirs. Start the old
             # configuration afresh everywhere.

@@ -272,6 +272,25 @@ async def test_a_listener_change_moves_the_groups(
     probe.close()
 
 
+async def test_a_rejected_update_moves_no_session(
+        lab: Lab, state_dir: Path, pools: list[WorkerPool], recorder: UdpRecorder) -> None:
+    pool = await _pool(pools, state_dir)
+    await _device(lab, pool, recorder)
+    clients = Clients(lab, recorder, 16)
+    await clients.round("before")
+    blocker = lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 1240))
+    with pytest.raises(DeviceStartError) as err:
+        await _device(lab, pool, recorder, listen="udp:127.0.0.1:1240")
+    blocker.close()
+    assert err.value.message == ("Error occurred when starting proxy device: Error: listen udp "
+                                 "127.0.0.1:1240: bind: address already in use")
+    await clients.round("after")
+    assert clients.peers("after") == clients.peers("before")
+    assert pool.running()[("c1", "u")].config["listen"] == DEVICE["listen"]
+    clients.close()
+
+
 async def test_a_second_device_on_the_same_port_is_refused_as_without_the_spread(
         lab: Lab, state_dir: Path, pools: list[WorkerPool], recorder: UdpRecorder) -> None:
     pool = await _pool(pools, state_dir)
