@@ -63,6 +63,10 @@ METRICS = [
            "UDP dropped at the server's socket (instance)", "% of sent", False),
     Metric("cpu_per_dgram", "udp", "cpu_us_per_datagram", "Proxy CPU per UDP datagram received",
            "CPU µs", False),
+    Metric("udp_many_pps", "udp_many", "rx_pps", "UDP 64 B received, 8 clients", "pps", True),
+    Metric("udp_many_loss", "udp_many", "loss_pct", "UDP 64 B loss, 8 clients", "%", False),
+    Metric("cpu_per_dgram_many", "udp_many", "cpu_us_per_datagram",
+           "Proxy CPU per UDP datagram received, 8 clients", "CPU µs", False),
 ]
 
 

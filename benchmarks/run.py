@@ -47,6 +47,7 @@ WORKLOADS: dict[str, Callable[[BenchEnv, Peer, Sizes], dict[str, Any]]] = {
     "connrate_4": partial(workloads.connrate, clients=4),
     "latency": workloads.latency,
     "udp": workloads.udp,
+    "udp_many": partial(workloads.udp, streams=8),  # 8 clients: sessions over the workers
 }
 ONLY_PEERS = {"bulk_scraped": ("lxdproxy",)}
 EXTRA_WORKLOADS = ("device_add", "memory", "restart")
@@ -126,7 +127,8 @@ def _meta(sizes: Sizes) -> dict[str, Any]:
 def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                    workloads_wanted: list[str] | None = None, strict: bool = False,
                    baseline: str | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print,
+                   serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run everything inside ``lab`` (a lab.Lab); returns the raw results (JSON-ready).
     strict: a failing run raises instead of being recorded as an error (the smoke test uses it).
     baseline: a commit whose lxdproxy runs as the peer ``lxdproxy-base`` (benchmarks.baseline)."""
@@ -137,7 +139,8 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
     skipped = {p: unavailable[p] for p in wanted if p in unavailable}
     names = [p for p in wanted if p not in unavailable]
     chosen = workloads_wanted or [*WORKLOADS, *EXTRA_WORKLOADS]
-    results: dict[str, Any] = {"meta": _meta(sizes), "peers": [], "skipped": skipped, "runs": {},
+    results: dict[str, Any] = {"meta": {**_meta(sizes), "serve_args": list(serve_args)},
+                               "peers": [], "skipped": skipped, "runs": {},
                                "device_add": {}, "memory": {}, "restart": {}, "errors": []}
     env = BenchEnv(lab)
     env.start_servers(tuple(IPERF_PORTS[p] for p in names))
@@ -160,7 +163,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                 names.remove("lxdproxy-base")
                 skipped["lxdproxy-base"] = f"baseline {baseline}: {exc}"
         if any(p in ("lxdproxy", "lxdproxy-nat") for p in names):
-            daemon = LxdproxyDaemon(lab)
+            daemon = LxdproxyDaemon(lab, extra_args=serve_args)
             try:
                 daemon.start()
                 daemon.add_instance(INSTANCE_NAME, env.inst)
@@ -290,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="REV",
                    help="also run the lxdproxy of this commit (peer lxdproxy-base), beside this "
                         "checkout's, so targets against earlier code are measured in the same run")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="FLAG",
+                   help="an extra `lxdproxy serve` flag for the lxdproxy peers (repeatable), "
+                        "e.g. --serve-arg=--no-udp-spread")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="run nothing: write the document (and plot) again from recorded raw results, "
                         "e.g. after editing benchmarks/analysis.md")
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     with Lab() as lab:
         results = run_benchmarks(lab, sizes, peers=args.peers.split(",") if args.peers else None,
                                  workloads_wanted=args.workloads.split(",") if args.workloads else None,
-                                 baseline=args.baseline)
+                                 baseline=args.baseline, serve_args=tuple(args.serve_arg))
     table = write_outputs(results, md, js, None if args.no_plot else png)
     print()
     print(table)

@@ -132,16 +132,19 @@ def latency(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
                            "--requests", str(sizes.latency_requests), timeout=120)
 
 
-def udp(env: BenchEnv, peer: Peer, sizes: Sizes) -> dict[str, Any]:
+def udp(env: BenchEnv, peer: Peer, sizes: Sizes, streams: int = 1) -> dict[str, Any]:
     """iperf3 -u -l 64 -b <far above capacity>. Loss = 1 - (datagrams the iperf3 server in the instance
     received) / (datagrams the client sent); received = the server's byte count / 64. (iperf3's own
-    lost_packets counts only sequence gaps, so it misses losses after the last datagram that arrived.)"""
+    lost_packets counts only sequence gaps, so it misses losses after the last datagram that arrived.)
+    ``streams`` > 1: iperf3 -P, one socket (one client address:port, one proxy session) each, all
+    sent by the one iperf3 process: the same offered load spread over many clients."""
     pids = peer.cpu_pids()
     cpu0 = procstat.cpu_seconds(pids)
     host0, inst0 = _udp_rcvbuf_errors(env.host), _udp_rcvbuf_errors(env.inst)
     doc = env.host_json(["iperf3", "-c", peer.bulk.host, "-p", str(peer.bulk.port), "-u", "-l", "64",
                          "-b", sizes.udp_rate, "-t", str(sizes.udp_seconds), "-J",
-                         "--connect-timeout", "3000"], timeout=sizes.udp_seconds + 60)
+                         "--connect-timeout", "3000", *(["-P", str(streams)] if streams > 1 else [])],
+                        timeout=sizes.udp_seconds + 60)
     _wait_udp_drained(env, peer)
     sent = doc["end"]["sum_sent"]["packets"]
     recv = doc["end"]["sum_received"]
@@ -164,8 +167,10 @@ def _wait_udp_drained(env: BenchEnv, peer: Peer, timeout: float = 5.0) -> None:
     finish before the next test, so no stale datagram reaches a later test's server."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = env.host.run(["ss", "-Huln", f"sport = :{peer.bulk.port}"], check=False).stdout.split()
-        if not out or out[1] == b"0":  # columns: State Recv-Q Send-Q ...
+        rows = env.host.run(["ss", "-Huln", f"sport = :{peer.bulk.port}"],
+                            check=False).stdout.splitlines()
+        # columns: State Recv-Q Send-Q ...; one row per socket (the spread has one per worker)
+        if all(row.split()[1] == b"0" for row in rows if row.split()):
             return
         time.sleep(0.05)
 

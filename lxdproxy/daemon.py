@@ -82,6 +82,7 @@ class DaemonConfig:
     api_limits: ApiLimits = ApiLimits()  # header/body/handshake timeouts, connection caps
     workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process
     drain_timeout: float | None = None  # reload: how long old workers may finish connections
+    udp_spread: bool = True  # UDP sessions spread over the workers by client address (eBPF)
     worker_request_timeout: float = REQUEST_TIMEOUT  # a worker silent this long is replaced
     log_level: str = "INFO"  # the workers log at this level too
     use_uvloop: bool = True
@@ -173,7 +174,8 @@ async def build_components(config: DaemonConfig, store: Store, *,
                                       connect_timeout=config.connect_timeout,
                                       udp_idle_timeout=config.udp_idle_timeout,
                                       protected_paths=protected,
-                                      request_timeout=config.worker_request_timeout)
+                                      request_timeout=config.worker_request_timeout,
+                                      udp_spread=config.udp_spread)
         await pool.open()
     warnings = WarningRegistry(store)
     runtime = DeviceRuntime(dataplane, nat, addresses=backend, waits=warnings, host_ns=host_ns)

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="SECONDS",
                         help="on reload, how long old workers may finish their connections "
                              "(default: until they close)")
+    parser.add_argument("--udp-spread", action=argparse.BooleanOptionalAction, default=True,
+                        help="spread each UDP device's sessions over the workers by client "
+                             "address (an SO_REUSEPORT group with an eBPF selector; default "
+                             "on). Off, or where bpf(2) is refused, one worker reads each "
+                             "UDP device")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             nat_repair_interval=args.nat_repair_interval,
             workers=args.workers,
             drain_timeout=args.drain_timeout,
+            udp_spread=args.udp_spread,
             log_level=args.log_level,
         )
         run_daemon(config)

@@ -5,6 +5,10 @@ only then retires the old one: the old device stops accepting and closes its hol
 listeners, its established connections run to their end, then its endpoints close. A socket
 that both configurations listen on was sent again, so closing the old hold leaves it open and
 no connect is refused. A start that fails leaves the old device as it was.
+
+A spread UDP device (workers/udp_groups.py) comes with this worker's own socket per listener
+and the listeners' reuseport maps; the table only keeps the maps (fds) for whoever asks for the
+device's listeners next, and closes them with the device.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ class _Entry:
     spec: DeviceSpec
     device: ForwardedDevice
     udp_owner: bool
+    maps: list[int]
+
+    def close_maps(self) -> None:
+        maps, self.maps = self.maps, []
+        for fd in maps:
+            os.close(fd)
 
 
 class DeviceTable:
@@ -50,14 +60,17 @@ class DeviceTable:
         self.accepting = True
 
     # -- queries --------------------------------------------------------------------------------
-    def specs(self) -> list[tuple[DeviceSpec, bool]]:
-        return [(e.spec, e.udp_owner) for e in self._entries.values()]
+    def specs(self) -> list[tuple[DeviceSpec, bool, int]]:
+        """(spec, udp_owner, number of reuseport maps) of every device."""
+        return [(e.spec, e.udp_owner, len(e.maps)) for e in self._entries.values()]
 
-    def listener_fds(self, key: DeviceKey) -> list[int]:
-        """Duplicates of the device's listening sockets, in plan order (the caller sends and
-        closes them). Raises KeyError for a key that does not run."""
+    def listener_fds(self, key: DeviceKey) -> tuple[list[int], int]:
+        """Duplicates of the device's listening sockets in plan order, then of its reuseport
+        maps, and how many maps (the caller sends and closes them). Raises KeyError for a key
+        that does not run."""
         entry = self._entries[key]
-        return [os.dup(sock.fileno()) for sock, _spec in entry.device.listeners]
+        fds = [os.dup(sock.fileno()) for sock, _spec in entry.device.listeners]
+        return fds + [os.dup(fd) for fd in entry.maps], len(entry.maps)
 
     def stats(self) -> dict[str, int]:
         devices = [e.device for e in self._entries.values()]
@@ -91,14 +104,24 @@ class DeviceTable:
                    [e.device for e in self._entries.values()] + self._retired)
 
     # -- changes --------------------------------------------------------------------------------
-    async def start(self, spec: DeviceSpec, fds: list[int], *, udp_owner: bool) -> bool:
+    async def start(self, spec: DeviceSpec, fds: list[int], *, udp_owner: bool,
+                    udp_maps: int = 0) -> bool:
         """Start or update; False when it already ran exactly so (the fds are closed then).
-        Raises DeviceStartError with LXD's text; the fds are closed and nothing changed."""
-        socks = [socket.socket(fileno=fd) for fd in fds]
+        The last ``udp_maps`` fds are reuseport maps. Raises DeviceStartError with LXD's text;
+        the fds are closed and nothing changed."""
+        if not 0 <= udp_maps <= len(fds):
+            for fd in fds:
+                os.close(fd)
+            raise DeviceStartError(f"{START_ERROR_PREFIX}{udp_maps} reuseport maps announced, "
+                                   f"{len(fds)} descriptors received")
+        split = len(fds) - udp_maps
+        maps: list[int] = fds[split:]
+        socks = [socket.socket(fileno=fd) for fd in fds[:split]]
         try:
             async with self._lock(spec.key):
                 old = self._entries.get(spec.key)
-                if old is not None and old.spec.same_device(spec) and old.udp_owner == udp_owner:
+                if (old is not None and old.spec.same_device(spec) and old.udp_owner == udp_owner
+                        and len(old.maps) == udp_maps):
                     _close_all(socks)
                     return False
                 if not self.accepting:
@@ -106,12 +129,16 @@ class DeviceTable:
                 device = await self._build(spec, socks, udp_owner,
                                            old.device.counters if old is not None else None)
                 socks = []  # the device owns them now
-                self._entries[spec.key] = _Entry(spec, device, udp_owner)
+                self._entries[spec.key] = _Entry(spec, device, udp_owner, maps)
+                maps = []
                 if old is not None:
+                    old.close_maps()
                     self._retire(old.device)
                 return True
         finally:
             _close_all(socks)
+            for fd in maps:
+                os.close(fd)
 
     async def _build(self, spec: DeviceSpec, socks: list[socket.socket], udp_owner: bool,
                      counters: DeviceCounters | None) -> ForwardedDevice:
@@ -147,6 +174,7 @@ class DeviceTable:
             entry = self._entries.pop(key, None)
             if entry is None:
                 return False
+            entry.close_maps()
             await entry.device.stop()
             return True
 
@@ -172,6 +200,7 @@ class DeviceTable:
         self.accepting = False
         entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
+            entry.close_maps()
             self._retire(entry.device, timeout)
         if self._retiring:
             await asyncio.gather(*list(self._retiring), return_exceptions=True)

@@ -2,9 +2,12 @@
 
 The pool opens each listener once, in the right namespace (``forward.endpoints``), and sends it
 to every worker: all workers accept on one shared listening socket (measured against an
-SO_REUSEPORT group: docs/architecture.md). A UDP listener is read by one owner worker per
-device (by slot), so every datagram of a client, hence its session, stays in one worker; the
-others hold the socket so it outlives the owner. The pool keeps no listening socket itself:
+SO_REUSEPORT group: docs/architecture.md). A UDP device's sessions are spread over the workers
+by client address (``udp_groups``: one socket per worker slot and an eBPF slot selector); where
+that cannot be (one worker, no bpf(2), ``--no-udp-spread``, listeners made with dropped ids)
+one owner worker per device (by slot) reads the one socket and the others hold it so it
+outlives the owner. Either way a client's datagrams, hence its session, stay in one worker.
+The pool keeps no listening socket itself:
 whenever it needs one again (a new worker, a reload, an update that keeps the listener) it
 asks a worker for it, and opens it anew only when no worker has it any more.
 """
@@ -30,7 +33,7 @@ from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.endpoints import Endpoints, remove_socket_file
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
-from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, plan_device
+from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, RelayKind, plan_device
 from lxdproxy.netns import Namespaces, ns_identity
 from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.workers.link import REQUEST_TIMEOUT, WorkerError, WorkerGone, WorkerLink
@@ -47,6 +50,12 @@ from lxdproxy.workers.protocol import (
     Stats,
     Stop,
     spec_from_json,
+)
+from lxdproxy.workers.udp_groups import (
+    DeviceFds,
+    fds_for_slot,
+    spread_listeners,
+    spread_unavailable,
 )
 
 log = logging.getLogger("lxdproxy.workers")
@@ -88,7 +97,7 @@ class WorkerPool:
                  connect_timeout: float = CONNECT_TIMEOUT,
                  udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
                  protected_paths: ProtectedPaths | None = None,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, udp_spread: bool = True) -> None:
         self.directory = Path(state_dir) / "workers"
         self.size = workers if workers is not None else (os.cpu_count() or 1)
         if self.size < 1:
@@ -103,6 +112,9 @@ class WorkerPool:
         self._active: dict[int, WorkerLink] = {}  # slot -> worker of the current generation
         self._draining: set[WorkerLink] = set()
         self._specs: dict[DeviceKey, DeviceSpec] = {}
+        self.udp_spread = udp_spread  # wanted; open() decides whether this machine can
+        self._spread_ok = False
+        self._spread: set[DeviceKey] = set()  # UDP devices whose workers each read their own
         self._lock = asyncio.Lock()
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +122,7 @@ class WorkerPool:
     # -- discovery ------------------------------------------------------------------------------
     async def open(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._spread_ok = self._check_spread()
         async with self._lock:
             found = await self._find_workers()
             newest = max((w.generation for w in found if not w.draining), default=0)
@@ -123,6 +136,8 @@ class WorkerPool:
                 for item in await link.call(ListDevices()):  # type: ignore[union-attr]
                     spec = spec_from_json(item["spec"])
                     self._specs.setdefault(spec.key, spec)
+                    if item.get("udp_maps"):
+                        self._spread.add(spec.key)
             for slot in range(self.size):
                 if slot not in self._active:
                     await self._spawn_slot(slot)
@@ -175,7 +190,7 @@ class WorkerPool:
             if key in have:
                 continue
             try:
-                fds = await self._listener_fds(key, exclude=link)
+                fds = await self._fds_for_worker(key, link)
             except DeviceStartError as exc:
                 log.error("proxy %s/%s: cannot re-open its listeners: %s", *key, exc.message)
                 continue
@@ -184,7 +199,7 @@ class WorkerPool:
             except WorkerError as exc:
                 log.error("proxy %s/%s: %r could not start it: %s", *key, link, exc.message)
             finally:
-                _close_fds(fds)
+                fds.close()
 
     # -- the Forwarder surface ----------------------------------------------------------------
     async def start(self, key: DeviceKey, device: ProxyDevice, *, listen_ns: Namespaces,
@@ -216,13 +231,18 @@ class WorkerPool:
                     await self._restore(old)
                     raise
                 old = None
+            spread = bool(fds.slots)
             try:
                 await self._start_everywhere(spec, fds, old)
             finally:
-                _close_fds(fds)
+                fds.close()
             if old is not None and old.host_socket and old.host_socket != spec.host_socket:
                 await _remove_host_socket(old)
             self._specs[key] = spec
+            if spread:
+                self._spread.add(key)
+            else:
+                self._spread.discard(key)
 
     async def stop(self, key: DeviceKey) -> None:
         """Every worker closes the device's listeners and connections now (unknown: no-op)."""
@@ -360,8 +380,24 @@ class WorkerPool:
 
     async def _listeners_for(self, key: DeviceKey, spec: DeviceSpec, device: ProxyDevice,
                              plan: DevicePlan, keep: dict[int, int]
-                             ) -> tuple[list[int], DeviceSpec]:
-        """One fd per planned listener: kept ones from a worker, the rest opened now."""
+                             ) -> tuple[DeviceFds, DeviceSpec]:
+        """One fd per planned listener and worker: kept ones from the workers, the rest opened
+        now (a spread UDP device: new reuseport groups)."""
+        if (key in self._spread) if keep else self._can_spread(device, plan):
+            try:
+                return await self._spread_listeners(key, spec, plan, keep), spec
+            except OSError as exc:  # bpf(2) (a PlanError is a bind: LXD's error)
+                if keep:
+                    raise DeviceStartError(f"{START_ERROR_PREFIX}{exc}") from None
+                log.warning("proxy %s/%s: cannot spread its UDP sessions over the workers "
+                            "(%s): one worker reads them", *key, exc.strerror or exc)
+        fds, spec = await self._shared_listeners(key, spec, device, plan, keep)
+        return DeviceFds(shared=fds), spec
+
+    async def _shared_listeners(self, key: DeviceKey, spec: DeviceSpec, device: ProxyDevice,
+                                plan: DevicePlan, keep: dict[int, int]
+                                ) -> tuple[list[int], DeviceSpec]:
+        """One fd per planned listener, for every worker: kept ones from a worker."""
         kept: list[int] = []
         if keep:
             kept = await self._listener_fds(key)
@@ -403,12 +439,53 @@ class WorkerPool:
         spec = self._specs[key]
         device = _device_of(spec)
         plan = plan_device(device)
-        fds, reopened = await self._listeners_for(key, spec, device, plan, {})
+        fds, reopened = await self._shared_listeners(key, spec, device, plan, {})
         self._specs[key] = reopened
         return fds
 
-    async def _start_on(self, link: WorkerLink, spec: DeviceSpec, fds: list[int]) -> None:
-        reply, extra = await link.request(Start(spec, udp_owner=self._owner(spec, link)), fds)
+    # -- UDP sessions spread over the workers (udp_groups) -------------------------------------
+    def _check_spread(self) -> bool:
+        """Whether UDP devices get one socket per worker; says once, at info, why not."""
+        why = spread_unavailable(wanted=self.udp_spread, workers=self.size)
+        if why is None:
+            return True
+        log.info("UDP sessions are not spread over the workers (%s): one worker per device "
+                 "reads its datagrams", why)
+        return False
+
+    def _can_spread(self, device: ProxyDevice, plan: DevicePlan) -> bool:
+        # Sockets of one reuseport group must share their owner: listeners made by a helper
+        # dropped to the bind ids stay one shared socket.
+        return self._spread_ok and plan.relay is RelayKind.DATAGRAM and not device.drops_bind_ids
+
+    async def _spread_listeners(self, key: DeviceKey, spec: DeviceSpec, plan: DevicePlan,
+                                keep: dict[int, int]) -> DeviceFds:
+        try:
+            return await spread_listeners(list(self._active.values()), key,
+                                          spec.listen_ns or Namespaces.current(), plan.listeners,
+                                          keep, self.size)
+        except PlanError as exc:
+            raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+
+    async def _fds_for_worker(self, key: DeviceKey, link: WorkerLink) -> DeviceFds:
+        """What ``link`` (a new or replacement worker) needs to run ``key``."""
+        if key not in self._spread:
+            return DeviceFds(shared=await self._listener_fds(key, exclude=link))
+        spec = self._specs[key]
+        others = [w for w in self._active.values() if w is not link]
+        try:
+            return await fds_for_slot(others, link.index, key,
+                                      spec.listen_ns or Namespaces.current(),
+                                      _plan_of(spec).listeners, self.size)
+        except PlanError as exc:
+            raise DeviceStartError(START_ERROR_PREFIX + str(exc)) from None
+        except OSError as exc:
+            raise DeviceStartError(f"{START_ERROR_PREFIX}{exc}") from None
+
+    async def _start_on(self, link: WorkerLink, spec: DeviceSpec, fds: DeviceFds) -> None:
+        listeners, maps = fds.of(link.index)
+        start = Start(spec, udp_owner=bool(maps) or self._owner(spec, link), udp_maps=len(maps))
+        reply, extra = await link.request(start, [*listeners, *maps])
         _close_fds(extra)
         if not reply.ok:
             raise WorkerError(reply.error or "worker error", start_error=reply.start_error)
@@ -418,9 +495,9 @@ class WorkerPool:
         replacement, so the choice is stable)."""
         return zlib.crc32("\0".join(spec.key).encode()) % self.size == link.index % self.size
 
-    async def _start_everywhere(self, spec: DeviceSpec, fds: list[int],
+    async def _start_everywhere(self, spec: DeviceSpec, fds: DeviceFds,
                                 old: DeviceSpec | None) -> None:
-        links = list(self._active.values())
+        links = [w for w in self._active.values() if not fds.slots or w.index in fds.slots]
         results = await asyncio.gather(*(self._start_on(w, spec, fds) for w in links),
                                        return_exceptions=True)
         failures = [(w, r) for w, r in zip(links, results, strict=True)
@@ -432,12 +509,21 @@ class WorkerPool:
         if old is None:
             await asyncio.gather(*(w.call(Stop(spec.key)) for w in started),
                                  return_exceptions=True)
+        elif not started:
+            pass  # every worker refused: each still runs the old configuration
+        elif fds.slots or old.key in self._spread:
+            # Each worker had its own sockets: the started ones closed theirs. Start the old
+            # configuration afresh everywhere.
+            await asyncio.gather(*(w.call(Stop(spec.key)) for w in self._active.values()),
+                                 return_exceptions=True)
+            self._spread.discard(old.key)
+            await self._restore(old)
         else:
             refused = [w for w, _r in failures]
             old_fds = await self._fds_from(refused, spec.key)
             for link in started:
                 with contextlib.suppress(WorkerGone, WorkerError):
-                    await self._start_on(link, old, old_fds)
+                    await self._start_on(link, old, DeviceFds(shared=old_fds))
             _close_fds(old_fds)
         if spec.host_socket and (old is None or old.host_socket != spec.host_socket):
             await _remove_host_socket(spec)
@@ -458,6 +544,7 @@ class WorkerPool:
 
     async def _stop_locked(self, key: DeviceKey) -> None:
         spec = self._specs.pop(key, None)
+        self._spread.discard(key)
         if spec is None:
             return
         links = [*self._active.values(), *self._draining]
@@ -472,13 +559,16 @@ class WorkerPool:
         except (DeviceStartError, PlanError, ValueError) as exc:
             log.error("proxy %s/%s: could not restore the previous config: %s", *old.key, exc)
             return
+        spread = bool(fds.slots)
         try:
             await self._start_everywhere(spec, fds, None)
             self._specs[old.key] = spec
+            if spread:
+                self._spread.add(old.key)
         except DeviceStartError as exc:
             log.error("proxy %s/%s: could not restore the previous config: %s", *old.key, exc)
         finally:
-            _close_fds(fds)
+            fds.close()
 
     def _worker_lost(self, link: WorkerLink) -> None:
         if self._closing or self._active.get(link.index) is not link:

@@ -99,11 +99,14 @@ class Hello(_Message, kind="hello"):
 
 class Start(_Message, kind="start"):
     """Start a device, or update it if the key runs. ``fds`` listening sockets come with it, one
-    per listener in plan order. ``udp_owner``: this worker reads the UDP listeners (one owner
-    per device keeps a client's datagrams, hence its session, in one worker)."""
+    per listener in plan order, then ``udp_maps`` reuseport maps (a spread UDP device: each
+    worker reads its own socket per listener; the maps travel so that a control plane can get
+    them back, workers/udp_groups.py). ``udp_owner``: this worker reads the UDP listeners (one
+    owner per device keeps a client's datagrams, hence its session, in one worker)."""
 
     spec: DeviceSpec
     udp_owner: bool = True
+    udp_maps: int = 0
 
 
 class Stop(_Message, kind="stop"):
@@ -113,7 +116,8 @@ class Stop(_Message, kind="stop"):
 
 
 class ListDevices(_Message, kind="list"):
-    """The devices a worker runs: each spec and whether it owns the UDP listeners."""
+    """The devices a worker runs: each spec, whether it owns the UDP listeners, and how many
+    reuseport maps it holds (``udp_maps``, > 0: a spread device)."""
 
 
 class Stats(_Message, kind="stats"):
@@ -131,7 +135,8 @@ class Shutdown(_Message, kind="shutdown"):
 
 
 class Listeners(_Message, kind="listeners"):
-    """Ask for a device's listening sockets (they come back as the reply's fds)."""
+    """Ask for a device's listening sockets (they come back as the reply's fds, followed by
+    its reuseport maps; the reply's result says how many of those: ``{"udp_maps": n}``)."""
 
     key: DeviceKey
 
@@ -193,7 +198,8 @@ def _body(msg: Message) -> dict[str, Any]:
         return {"pid": msg.pid, "generation": msg.generation, "version": msg.version,
                 "index": msg.index, "draining": msg.draining}
     if isinstance(msg, Start):
-        return {"spec": _spec_to_json(msg.spec), "udp_owner": msg.udp_owner}
+        return {"spec": _spec_to_json(msg.spec), "udp_owner": msg.udp_owner,
+                "udp_maps": msg.udp_maps}
     if isinstance(msg, Stop | Listeners):
         return {"key": list(msg.key)}
     if isinstance(msg, Drain):
@@ -304,8 +310,11 @@ def _message(kind: str, body: Mapping[str, Any]) -> Message:
                      version=_want(body, "version", int), index=_want(body, "index", int),
                      draining=_want(body, "draining", bool))
     if kind == "start":
+        maps = _want(body, "udp_maps", int, optional=True)  # absent from older control planes
+        if maps is not None and maps < 0:
+            raise ProtocolError("field 'udp_maps': negative")
         return Start(spec=spec_from_json(body.get("spec")),
-                     udp_owner=_want(body, "udp_owner", bool))
+                     udp_owner=_want(body, "udp_owner", bool), udp_maps=maps or 0)
     if kind == "stop":
         return Stop(key=_key(body.get("key")))
     if kind == "listeners":

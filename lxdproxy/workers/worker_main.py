@@ -117,7 +117,8 @@ class Worker:
                          draining=self.draining), []
         if isinstance(msg, Start):
             try:
-                changed = await self.table.start(msg.spec, fds, udp_owner=msg.udp_owner)
+                changed = await self.table.start(msg.spec, fds, udp_owner=msg.udp_owner,
+                                                 udp_maps=msg.udp_maps)
             except DeviceStartError as exc:
                 return Reply(ok=False, error=exc.message, start_error=True), []
             return Reply(result={"changed": changed}), []
@@ -127,12 +128,14 @@ class Worker:
             return Reply(result={"stopped": await self.table.stop(msg.key)}), []
         if isinstance(msg, Listeners):
             try:
-                return Reply(), self.table.listener_fds(msg.key)
+                fds, maps = self.table.listener_fds(msg.key)
+                return Reply(result={"udp_maps": maps}), fds
             except KeyError:
                 return Reply(ok=False, error=f"device {msg.key[0]}/{msg.key[1]} is not running"), []
         if isinstance(msg, ListDevices):
-            return Reply(result=[{"spec": spec_to_json(spec), "udp_owner": owner}
-                                 for spec, owner in self.table.specs()]), []
+            return Reply(result=[{"spec": spec_to_json(spec), "udp_owner": owner,
+                                  "udp_maps": maps}
+                                 for spec, owner, maps in self.table.specs()]), []
         if isinstance(msg, Stats):
             counters = [[*key, snapshot] for key, snapshot in self.table.device_counters().items()]
             return Reply(result={**self.table.stats(), "pid": os.getpid(),

@@ -285,11 +285,12 @@ async def test_reload_drain_timeout_ends_old_connections(lab: Lab, state_dir: Pa
     held.close()
 
 
-async def test_udp_sessions_stay_in_one_worker(lab: Lab, state_dir: Path,
-                                               pools: list[WorkerPool]) -> None:
+async def test_without_the_udp_spread_one_owner_worker_reads_every_session(
+        lab: Lab, state_dir: Path, pools: list[WorkerPool]) -> None:
+    # --no-udp-spread: today's model (tests/integration/test_workers_udp_spread.py: the spread).
     inst = lab.add_instance()
     lab.echo(inst, "udp", "127.0.0.1", 4321)
-    pool = await _pool(pools, state_dir)
+    pool = await _pool(pools, state_dir, udp_spread=False)
     await started(pool, "u", proxy(listen="udp:127.0.0.1:1234", connect="udp:127.0.0.1:4321"),
                   host=lab.host, inst=inst)
     clients = [lab.host.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]

@@ -54,7 +54,7 @@ json_values = st.recursive(
 messages = st.one_of(
     st.builds(Hello, pid=st.integers(0, 2**22), generation=st.integers(0, 1000),
               index=st.integers(-1, 64), draining=st.booleans()),
-    st.builds(Start, spec=specs, udp_owner=st.booleans()),
+    st.builds(Start, spec=specs, udp_owner=st.booleans(), udp_maps=st.integers(0, 64)),
     st.builds(Stop, key=keys),
     st.builds(Listeners, key=keys),
     st.just(ListDevices()),
@@ -139,6 +139,11 @@ def test_errors_are_sticky() -> None:
                                            "instance_name": "a", "instance_type": "container",
                                            "identity": [[None] * 3, [None] * 3]}}},
      "device values are strings"),
+    ({"v": PROTOCOL_VERSION, "id": 1, "kind": "start", "fds": 0,
+      "body": {"udp_owner": True, "udp_maps": -1,
+               "spec": {"key": ["a", "b"], "config": {}, "instance_name": "a",
+                        "instance_type": "container", "identity": [[None] * 3, [None] * 3]}}},
+     "field 'udp_maps': negative"),
 ])
 def test_malformed_frames_say_what_is_wrong(doc: object, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
@@ -159,3 +164,14 @@ def test_pickle_is_never_involved() -> None:
     payload = pickle.dumps({"v": PROTOCOL_VERSION})
     with pytest.raises(ProtocolError, match="not JSON"):
         FrameDecoder().feed(struct.pack("!I", len(payload)) + payload)
+
+
+def test_a_start_from_a_control_plane_before_the_udp_spread_carries_no_maps() -> None:
+    # udp_maps is absent from older control planes' frames: no maps, not an error.
+    body = {"udp_owner": False, "spec": {"key": ["a", "b"], "config": {}, "instance_name": "a",
+                                         "instance_type": "container",
+                                         "identity": [[None] * 3, [None] * 3]}}
+    (env,) = FrameDecoder().feed(_frame({"v": PROTOCOL_VERSION, "id": 1, "kind": "start",
+                                         "fds": 0, "body": body}))
+    assert isinstance(env.message, Start)
+    assert env.message.udp_maps == 0 and env.message.udp_owner is False
