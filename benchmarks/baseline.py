@@ -10,11 +10,13 @@ daemon's PYTHONPATH (this checkout's venv supplies the dependencies).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks.env import REPO
 
@@ -42,6 +44,13 @@ def extract(commit: str) -> Path:
     with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+def process_options(root: Path) -> dict[str, Any]:
+    """Popen options that make a Python process (and the workers it spawns) import ``root``'s
+    lxdproxy: PYTHONPATH, and the working directory too, because ``python -m`` and ``-c`` put
+    the working directory ahead of PYTHONPATH (from this checkout, its own code would win)."""
+    return {"env": {**os.environ, "PYTHONPATH": str(root)}, "cwd": root}
 
 
 def cleanup(root: Path) -> None:

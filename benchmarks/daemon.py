@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import procstat
+from benchmarks import baseline, procstat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,10 +66,8 @@ class LxdproxyDaemon:
         argv = [sys.executable, "-m", "lxdproxy.cli", "serve", "--state-dir", str(self.state_dir),
                 *self.extra_args]
         try:
-            env = None
-            if self.source is not None:
-                env = {**os.environ, "PYTHONPATH": str(self.source)}
-            self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout, env=env)
+            options = baseline.process_options(self.source) if self.source is not None else {}
+            self.proc = start_in_lab_host(self.lab, argv, self.log_path, timeout, **options)
         except RuntimeError as exc:
             raise DaemonError(str(exc)) from None
 

@@ -20,11 +20,12 @@ NFT_TABLE = "lxdproxytest"
 
 
 def start_in_lab_host(lab: Any, argv: list[str], log_path: Path, timeout: float = 20.0, *,
-                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                      env: dict[str, str] | None = None,
+                      cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``lxdproxy serve`` in lab.host (stderr to ``log_path``) and wait for its ready line.
-    ``env``: the process's whole environment (default: ours)."""
+    ``env``: the process's whole environment (default: ours); ``cwd``: its directory."""
     with open(log_path, "ab") as log:
-        proc = lab.host.popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
+        proc = lab.host.popen(argv, stdout=subprocess.PIPE, stderr=log, env=env, cwd=cwd)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

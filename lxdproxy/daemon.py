@@ -35,6 +35,7 @@ from lxdproxy.errors import LxdError, NotSupportedError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.forwarder import Forwarder
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.instances.backend import InstanceBackend
 from lxdproxy.instances.local import LocalBackend
 from lxdproxy.manager.runtime import DeviceRuntime
@@ -83,6 +84,7 @@ class DaemonConfig:
     workers: int | None = None  # data-plane worker processes; None = one per CPU, 0 = in-process
     drain_timeout: float | None = None  # reload: how long old workers may finish connections
     udp_spread: bool = True  # UDP sessions spread over the workers by client address (eBPF)
+    relay: RelayMode = RelayMode.COPY  # streams: 1 MiB copies (measured ahead of splice here)
     worker_request_timeout: float = REQUEST_TIMEOUT  # a worker silent this long is replaced
     log_level: str = "INFO"  # the workers log at this level too
     use_uvloop: bool = True
@@ -166,7 +168,8 @@ async def build_components(config: DaemonConfig, store: Store, *,
     if config.workers == 0:
         dataplane = Forwarder(connect_timeout=config.connect_timeout,
                               udp_idle_timeout=config.udp_idle_timeout, protected_paths=protected,
-                              budget=TrafficBudget(config.traffic_limits, fd_limit))
+                              budget=TrafficBudget(config.traffic_limits, fd_limit),
+                              relay=config.relay)
     else:
         dataplane = pool = WorkerPool(config.state_dir, workers=config.workers,
                                       drain_timeout=config.drain_timeout,
@@ -175,7 +178,7 @@ async def build_components(config: DaemonConfig, store: Store, *,
                                       udp_idle_timeout=config.udp_idle_timeout,
                                       protected_paths=protected,
                                       request_timeout=config.worker_request_timeout,
-                                      udp_spread=config.udp_spread)
+                                      udp_spread=config.udp_spread, relay=config.relay)
         await pool.open()
     warnings = WarningRegistry(store)
     runtime = DeviceRuntime(dataplane, nat, addresses=backend, waits=warnings, host_ns=host_ns)

@@ -54,7 +54,8 @@ class ForwardedDevice:
                  connect_timeout: float, udp_idle_timeout: float,
                  counters: DeviceCounters | None = None,
                  protected: ProtectedPaths | None = None,
-                 budget: DeviceBudget | None = None) -> None:
+                 budget: DeviceBudget | None = None,
+                 relay: RelayMode = RelayMode.COPY) -> None:
         self.params = params
         self.counters = counters if counters is not None else DeviceCounters()
         self.budget = budget or TrafficBudget().device(label)
@@ -77,7 +78,7 @@ class ForwardedDevice:
         self._fast_dial = plan.header is HeaderKind.NONE and plan.relay in (
             RelayKind.STREAM, RelayKind.UNIX_RIGHTS)
         self._warn = RateLimitedLog(log, label)
-        self._mode = RelayMode.RIGHTS if plan.relay is RelayKind.UNIX_RIGHTS else RelayMode.SPLICE
+        self._mode = RelayMode.RIGHTS if plan.relay is RelayKind.UNIX_RIGHTS else relay
 
     @property
     def open_connections(self) -> int:

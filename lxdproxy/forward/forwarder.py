@@ -17,6 +17,7 @@ from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.device import DeviceParams, ForwardedDevice
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import PlanError, plan_device
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.netns import Namespaces
 from lxdproxy.netns.protected_paths import ProtectedPaths
 
@@ -45,7 +46,9 @@ class Forwarder:
     def __init__(self, *, connect_timeout: float = CONNECT_TIMEOUT,
                  udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
                  protected_paths: ProtectedPaths | None = None,
-                 budget: TrafficBudget | None = None) -> None:
+                 budget: TrafficBudget | None = None,
+                 relay: RelayMode = RelayMode.COPY) -> None:
+        self.relay = relay  # how streams move their bytes (stream_relay.RelayMode)
         self.protected_paths = protected_paths  # the daemon's own: no device may listen there
         self.budget = budget or TrafficBudget()  # fds for traffic, shared by every device
         self.connect_timeout = connect_timeout
@@ -158,7 +161,7 @@ class Forwarder:
                                 connect_timeout=self.connect_timeout,
                                 udp_idle_timeout=self.udp_idle_timeout, counters=counters,
                                 protected=self.protected_paths,
-                                budget=self.budget.device(_label(key)))
+                                budget=self.budget.device(_label(key)), relay=self.relay)
         try:
             await running.start()
         except PlanError as exc:

@@ -28,6 +28,7 @@ from lxdproxy.forward.counters import DeviceCounters
 from lxdproxy.forward.device import DeviceParams, ForwardedDevice
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
 from lxdproxy.forward.plan import PlanError, RelayKind, plan_device
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.netns import Namespaces
 from lxdproxy.workers.protocol import DeviceKey, DeviceSpec
 
@@ -49,7 +50,8 @@ class _Entry:
 
 class DeviceTable:
     def __init__(self, *, connect_timeout: float, udp_idle_timeout: float,
-                 budget: TrafficBudget) -> None:
+                 budget: TrafficBudget, relay: RelayMode = RelayMode.COPY) -> None:
+        self.relay = relay
         self.connect_timeout = connect_timeout
         self.udp_idle_timeout = udp_idle_timeout
         self.budget = budget  # this worker's fds for traffic, shared by its devices
@@ -158,7 +160,7 @@ class DeviceTable:
         label = f"proxy {spec.key[0]}/{spec.key[1]}"
         running = ForwardedDevice(params, plan, label=label, connect_timeout=self.connect_timeout,
                                 udp_idle_timeout=self.udp_idle_timeout, counters=counters,
-                                budget=self.budget.device(label))
+                                budget=self.budget.device(label), relay=self.relay)
         try:
             await running.start(socks, read_datagrams=udp_owner
                                 or plan.relay is not RelayKind.DATAGRAM)

@@ -34,6 +34,7 @@ from lxdproxy.forward.endpoints import Endpoints, remove_socket_file
 from lxdproxy.forward.forwarder import START_ERROR_PREFIX
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
 from lxdproxy.forward.plan import DevicePlan, ListenSpec, PlanError, RelayKind, plan_device
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.netns import Namespaces, ns_identity
 from lxdproxy.netns.protected_paths import ProtectedPaths
 from lxdproxy.workers.link import REQUEST_TIMEOUT, WorkerError, WorkerGone, WorkerLink
@@ -97,7 +98,8 @@ class WorkerPool:
                  connect_timeout: float = CONNECT_TIMEOUT,
                  udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
                  protected_paths: ProtectedPaths | None = None,
-                 request_timeout: float = REQUEST_TIMEOUT, udp_spread: bool = True) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, udp_spread: bool = True,
+                 relay: RelayMode = RelayMode.COPY) -> None:
         self.directory = Path(state_dir) / "workers"
         self.size = workers if workers is not None else (os.cpu_count() or 1)
         if self.size < 1:
@@ -106,7 +108,7 @@ class WorkerPool:
         self.request_timeout = request_timeout  # a worker silent this long is killed and replaced
         self.protected_paths = protected_paths  # the daemon's own: no device may listen there
         self.worker_options = ("--log-level", log_level, "--connect-timeout", str(connect_timeout),
-                               "--udp-idle-timeout", str(udp_idle_timeout))
+                               "--udp-idle-timeout", str(udp_idle_timeout), "--relay", relay.value)
         self.generation = 0
         self.worker_deaths = 0
         self._active: dict[int, WorkerLink] = {}  # slot -> worker of the current generation

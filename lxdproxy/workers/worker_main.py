@@ -24,6 +24,7 @@ import uvloop
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.workers.channel import Channel, ChannelClosed
 from lxdproxy.workers.device_table import DeviceTable
 from lxdproxy.workers.protocol import (
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT)
     parser.add_argument("--udp-idle-timeout", type=float, default=UDP_IDLE_TIMEOUT)
+    parser.add_argument("--relay", type=RelayMode, default=RelayMode.COPY,
+                        choices=[RelayMode.COPY, RelayMode.SPLICE])
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level, logging.INFO),
                         format=f"lxdproxy-worker[{os.getpid()}]: %(levelname)s %(name)s: "
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     # helpers keep, the rest for connections and sessions (forward/budget.py).
     budget = TrafficBudget(TrafficLimits(), raise_nofile_limit())
     table = DeviceTable(connect_timeout=args.connect_timeout,
-                        udp_idle_timeout=args.udp_idle_timeout, budget=budget)
+                        udp_idle_timeout=args.udp_idle_timeout, budget=budget, relay=args.relay)
     uvloop.run(Worker(args.socket, args.generation, args.index, table).run())
     return 0
 

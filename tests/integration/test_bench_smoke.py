@@ -4,10 +4,10 @@ rot. No timing is asserted: only that each workload really moved data through th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,15 +86,17 @@ def test_baseline_targets_compare_with_the_baseline_peer_of_the_same_run() -> No
     assert targets(None)[cpu] == "not measured |"
 
 
-def test_baseline_extracts_a_commit_that_its_daemon_imports(tmp_path) -> None:
+def test_baseline_extracts_a_commit_that_its_daemon_imports() -> None:
     """``git archive`` of the package, and PYTHONPATH wins over this checkout's editable install."""
     commit = baseline.resolve("HEAD")
     root = baseline.extract(commit)
     try:
         assert (root / "lxdproxy" / "__init__.py").is_file()
+        # From this checkout (the tests' working directory), as the bench starts its daemons.
+        assert (Path.cwd() / "lxdproxy").is_dir()
         done = subprocess.run([sys.executable, "-c", "import lxdproxy; print(lxdproxy.__file__)"],
-                              env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
-                              text=True, cwd=tmp_path, check=True)
+                              capture_output=True, text=True, check=True,
+                              **baseline.process_options(root))
         assert done.stdout.strip() == str(root / "lxdproxy" / "__init__.py")
     finally:
         baseline.cleanup(root)
