@@ -24,6 +24,7 @@ from lab.continuity import ConnectLoop, HeldConnection
 from lab.devices import proxy
 from lab.forwarding import roundtrip, started
 from lxdproxy.errors import DeviceStartError
+from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.workers import WorkerPool
 from lxdproxy.workers.protocol import PROTOCOL_VERSION, FrameDecoder, Reply
 
@@ -366,3 +367,33 @@ async def test_a_hung_worker_is_killed_and_replaced_instead_of_wedging_the_contr
     for _ in range(20):
         assert await roundtrip(lab.host, LISTEN) == b"hello"
     assert (await pool.stats()).worker_deaths == 1
+
+
+def _worker_pipes(pool: WorkerPool) -> int:
+    n = 0
+    for pid in pool.pids():
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+    return n
+
+
+@pytest.mark.parametrize("relay", [RelayMode.COPY, RelayMode.SPLICE])
+async def test_the_workers_relay_streams_the_way_the_pool_was_told(
+        lab: Lab, state_dir: Path, pools: list[WorkerPool], relay: RelayMode) -> None:
+    # `serve --relay` reaches the workers: with nobody reading the echo, a splicing relay holds
+    # its bytes in pipes (one a direction); copies hold none. Either way every byte comes back.
+    _inst, pool, _key = await _tcp_device(lab, pools, state_dir, relay=relay)
+    before = _worker_pipes(pool)
+    payload = os.urandom(8 << 20)
+    with lab.host.socket() as c:
+        c.connect(LISTEN)
+        sender = asyncio.get_running_loop().run_in_executor(None, c.sendall, payload)
+        await asyncio.sleep(1.0)
+        held = _worker_pipes(pool) - before
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await asyncio.to_thread(c.recv, 1 << 20)
+        await sender
+    assert bytes(got) == payload
+    assert held == (4 if relay is RelayMode.SPLICE else 0)
