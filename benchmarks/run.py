@@ -211,7 +211,8 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             for wname, fn in WORKLOADS.items():
                 if wname not in results["runs"]:
                     continue
-                repeats = sizes.bulk_repeats if wname == "bulk" else 1
+                # the scraped bulk is compared with the unscraped: as many samples of each
+                repeats = sizes.bulk_repeats if wname in ("bulk", "bulk_scraped") else 1
                 for _ in range(repeats):
                     for peer in [p for p in order if _applies(wname, p.name)]:
                         res = attempt(f"{wname} {peer.name}",

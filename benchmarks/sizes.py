@@ -24,8 +24,9 @@ class Sizes:
     restart_before_seconds: float  # traffic before the restart event...
     restart_after_seconds: float  # ...and after it has completed
     scrape_interval: float  # GET /1.0/metrics during the scraped bulk run
-    # bulk runs per peer in each round (interleaved over the peers): a single stream's rate and CPU
-    # share move 10-30% run to run here, so the bulk medians need more samples than the rest
+    # bulk (and scraped bulk) runs per peer in each round (interleaved over the peers): a single
+    # stream's rate and CPU share move 10-30% run to run here, so the bulk medians need more
+    # samples than the rest
     bulk_repeats: int = 1
 
 

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +168,9 @@ async def build_components(config: DaemonConfig, store: Store, *,
     if config.workers == 0:
         dataplane = Forwarder(connect_timeout=config.connect_timeout,
                               udp_idle_timeout=config.udp_idle_timeout, protected_paths=protected,
-                              budget=TrafficBudget(config.traffic_limits, fd_limit),
+                              budget=TrafficBudget(replace(
+                                  config.traffic_limits,
+                                  fds_per_connection=config.relay.fds_per_connection), fd_limit),
                               relay=config.relay)
     else:
         dataplane = pool = WorkerPool(config.state_dir, workers=config.workers,

@@ -35,7 +35,7 @@ class TrafficLimits:
     """The data plane's limits; ``None`` derives a cap from the file-descriptor limit."""
 
     fd_reserve: int = 512  # API (its own caps fit in here), store, helpers, watcher, NAT
-    fds_per_connection: int = 6  # client + target + one splice pipe per direction
+    fds_per_connection: int = 6  # worst case; set from stream_relay.RelayMode.fds_per_connection
     fds_per_udp_session: int = 1
     device_share: float = 0.5  # of the traffic budget, per device
     max_connections: int | None = None  # in total

@@ -63,6 +63,11 @@ class RelayMode(enum.Enum):
     COPY = "copy"
     RIGHTS = "rights"
 
+    @property
+    def fds_per_connection(self) -> int:
+        """At most: client + target, and with SPLICE one pipe (2 fds) per direction."""
+        return 6 if self is RelayMode.SPLICE else 2
+
 
 class _Direction:
     """The I/O of one direction; asks ``RelayState`` what to do after each step."""

@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal to lose: never die of a hangup
     # This worker's own fd budget (the limit is per process): a reserve its control channel and
     # helpers keep, the rest for connections and sessions (forward/budget.py).
-    budget = TrafficBudget(TrafficLimits(), raise_nofile_limit())
+    limits = TrafficLimits(fds_per_connection=args.relay.fds_per_connection)
+    budget = TrafficBudget(limits, raise_nofile_limit())
     table = DeviceTable(connect_timeout=args.connect_timeout,
                         udp_idle_timeout=args.udp_idle_timeout, budget=budget, relay=args.relay)
     uvloop.run(Worker(args.socket, args.generation, args.index, table).run())

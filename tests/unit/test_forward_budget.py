@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits
+from lxdproxy.forward.stream_relay import RelayMode
 
 
 class FakeClock:
@@ -112,3 +113,12 @@ def test_refusals_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture)
         "proxy c1/web: connection refused: the file-descriptor budget is used up (1000 since "
         "the last report, 1001 in all)",
     ]
+
+
+@pytest.mark.parametrize(("mode", "admitted"), [(RelayMode.COPY, 300), (RelayMode.SPLICE, 100)])
+def test_a_relay_without_pipes_costs_a_third_of_the_fds(mode: RelayMode, admitted: int) -> None:
+    # What worker_main and the in-process daemon charge per connection: client + target, plus
+    # one pipe a direction when splicing.
+    limits = TrafficLimits(fd_reserve=100, fds_per_connection=mode.fds_per_connection)
+    device = TrafficBudget(limits, nofile=1300).device("a")
+    assert sum(device.admit_connection() for _ in range(1000)) == admitted
