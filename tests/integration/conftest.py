@@ -4,12 +4,19 @@ data-plane tests run on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from lxdproxy.cli import main
+from lxdproxy.workers import WorkerPool
 
 # uvloop is the daemon's loop when installed; tests marked
 # ``@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])`` run once on each, as loop
@@ -43,3 +50,26 @@ def lx(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]
         return rc, out, err
 
     return run
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A WorkerPool's state directory: short, because worker control sockets live under it
+    (unix paths stop at 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="lxpw"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def pools(state_dir: Path) -> AsyncIterator[list[WorkerPool]]:
+    """Pools a test opens on ``state_dir``; the last one shuts everything down at the end, and a
+    worker a test left behind half way (a pool it replaced, say) is killed."""
+    made: list[WorkerPool] = []
+    yield made
+    if made:
+        pids = {pid for pool in made for pid in pool.pids()}
+        await made[-1].shutdown()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

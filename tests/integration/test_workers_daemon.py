@@ -18,6 +18,7 @@ from pylxd import Client
 from lab.continuity import ConnectLoop, HeldConnection
 from lab.daemon import LXDPROXY, NFT_TABLE, RunningDaemon, worker_pids
 from lab.traffic import roundtrip
+from lab.waiting import process_alive
 
 pytestmark = pytest.mark.lab
 
@@ -112,20 +113,12 @@ def test_held_connection_and_connect_loop_across_sigterm_and_kill9(
     held.close()
     assert daemon.shutdown() == 0
     assert worker_pids(daemon.state_dir) == []
-    assert not any(os.path.exists(f"/proc/{pid}") and _not_zombie(pid) for pid in workers)
+    assert not any(process_alive(pid) for pid in workers)
     assert not host_sock.exists() and not daemon.socket.exists()
     assert list((daemon.state_dir / "workers").glob("*.sock")) == []
     assert NFT_TABLE not in _nft_tables(lab) or f"{PORT + 1}".encode() not in lab.host.run(
         ["nft", "list", "table", "inet", NFT_TABLE]).stdout
     assert _refused(lab, PORT)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_reload_cli_replaces_workers_without_loss(lab: Any, daemon: RunningDaemon) -> None:
@@ -152,7 +145,7 @@ def test_reload_cli_replaces_workers_without_loss(lab: Any, daemon: RunningDaemo
     assert len(set(now) - set(old)) == 2
     held.close()
     deadline = time.monotonic() + 10
-    while any(_not_zombie(pid) for pid in old):
+    while any(process_alive(pid) for pid in old):
         assert time.monotonic() < deadline, "old workers did not exit once drained"
         time.sleep(0.05)
 

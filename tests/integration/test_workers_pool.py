@@ -7,13 +7,10 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from lab import Lab
 from lab.continuity import ConnectLoop, HeldConnection
 from lab.devices import proxy
 from lab.forwarding import roundtrip, started
+from lab.waiting import process_alive, until
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.stream_relay import RelayMode
 from lxdproxy.workers import WorkerPool
@@ -32,29 +30,6 @@ pytestmark = pytest.mark.lab
 
 LISTEN = ("127.0.0.1", 1234)
 TCP = {"listen": "tcp:127.0.0.1:1234", "connect": "tcp:127.0.0.1:4321"}
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # Short: worker control sockets live under it (unix paths stop at 108 bytes).
-    path = Path(tempfile.mkdtemp(prefix="lxpw"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def pools(state_dir: Path) -> AsyncIterator[list[WorkerPool]]:
-    """Pools a test opens on ``state_dir``; the last one shuts everything down at the end."""
-    made: list[WorkerPool] = []
-    yield made
-    if made:
-        pids = set()
-        for pool in made:
-            pids.update(pool.pids())
-        await made[-1].shutdown()
-        for pid in pids:  # a test that failed half way may leave one a later pool missed
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 async def _pool(pools: list[WorkerPool], state_dir: Path, **kw: object) -> WorkerPool:
@@ -74,14 +49,6 @@ async def _tcp_device(lab: Lab, pools: list[WorkerPool], state_dir: Path, **kw: 
     return inst, pool, key
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
 def _refused_at(place: object, address: tuple[str, int]) -> bool:
     sock = place.socket()  # type: ignore[attr-defined]
     try:
@@ -91,13 +58,6 @@ def _refused_at(place: object, address: tuple[str, int]) -> bool:
     finally:
         sock.close()
     return False
-
-
-async def _eventually(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_every_worker_accepts_on_the_one_listener(lab: Lab, state_dir: Path,
@@ -159,7 +119,7 @@ async def test_a_killed_worker_is_replaced_and_only_its_connections_are_lost(
     with ConnectLoop(lab.host, LISTEN, interval=0.02, duration=20) as loop:
         await asyncio.sleep(0.2)
         os.kill(victim, signal.SIGKILL)
-        await _eventually(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
+        await until(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
         await asyncio.sleep(0.3)
     assert loop.result.refused == 0 and loop.result.failed == 0, loop.result.errors
     alive = [h.echo() for h in held]
@@ -268,7 +228,7 @@ async def test_reload_hands_listeners_to_new_workers_and_old_ones_drain(
     assert not new & old
     held.close()
     # Drained: the old workers exit on their own.
-    await _eventually(lambda: not any(_alive(pid) for pid in old))
+    await until(lambda: not any(process_alive(pid) for pid in old))
     assert (await pool.stats()).draining_workers == 0
 
 
@@ -279,7 +239,7 @@ async def test_reload_drain_timeout_ends_old_connections(lab: Lab, state_dir: Pa
     old = set(pool.pids())
     t0 = time.monotonic()
     await pool.reload()
-    await _eventually(lambda: not any(_alive(pid) for pid in old), timeout=5)
+    await until(lambda: not any(process_alive(pid) for pid in old), timeout=5)
     assert time.monotonic() - t0 < 3
     assert not held.echo()
     assert await roundtrip(lab.host, LISTEN) == b"hello"
@@ -319,7 +279,7 @@ async def test_shutdown_leaves_no_process_and_no_socket_file(lab: Lab, state_dir
     assert await roundtrip(None, path) == b"hello"
     pids = pool.pids()
     await pool.shutdown()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert not os.path.exists(path)
     assert list((state_dir / "workers").glob("*.sock")) == []
 
@@ -362,8 +322,8 @@ async def test_a_hung_worker_is_killed_and_replaced_instead_of_wedging_the_contr
             os.kill(victim, signal.SIGCONT)
     assert 0.9 <= took < 5, took
     assert victim not in [w["pid"] for w in stats.per_worker]
-    await _eventually(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
-    await _eventually(lambda: not _alive(victim))
+    await until(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
+    await until(lambda: not process_alive(victim))
     for _ in range(20):
         assert await roundtrip(lab.host, LISTEN) == b"hello"
     assert (await pool.stats()).worker_deaths == 1

@@ -5,17 +5,14 @@ worker moves only its own clients, and restarts and reloads keep the port forwar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from lab import Lab
 from lab.datagrams import UdpRecorder
 from lab.devices import proxy
 from lab.forwarding import started
+from lab.waiting import process_alive, until
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.workers import WorkerPool
 
@@ -32,25 +30,6 @@ pytestmark = pytest.mark.lab
 LISTEN = ("127.0.0.1", 1234)
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: root may pass net.core.rmem_max
 DEVICE = {"listen": "udp:127.0.0.1:1234", "connect": "udp:127.0.0.1:4321"}
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="lxpu"))  # short: worker sockets live under it
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def pools(state_dir: Path) -> AsyncIterator[list[WorkerPool]]:
-    made: list[WorkerPool] = []
-    yield made
-    if made:
-        pids = {pid for pool in made for pid in pool.pids()}
-        await made[-1].shutdown()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 async def _pool(pools: list[WorkerPool], state_dir: Path, **kw: object) -> WorkerPool:
@@ -126,21 +105,6 @@ async def _device(lab: Lab, pool: WorkerPool, recorder: UdpRecorder, **cfg: str
                          inst=recorder.inst)  # type: ignore[attr-defined]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
-
-
-async def _eventually(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_sessions_spread_over_both_workers_each_from_one_source_in_order(
         lab: Lab, state_dir: Path, pools: list[WorkerPool], recorder: UdpRecorder) -> None:
     pool = await _pool(pools, state_dir)
@@ -154,7 +118,7 @@ async def test_sessions_spread_over_both_workers_each_from_one_source_in_order(
     for i, s in enumerate(clients.socks):
         for n in range(10):
             s.sendto(f"{i}:b{n}".encode(), LISTEN)
-    await _eventually(lambda: sum(d.startswith(b"b", d.index(b":") + 1)
+    await until(lambda: sum(d.startswith(b"b", d.index(b":") + 1)
                                   for d, _p in recorder.seen) == 640)
     for i in range(64):
         mine = [(d, p) for d, p in recorder.seen if d.split(b":")[0] == str(i).encode()]
@@ -178,7 +142,7 @@ async def test_a_killed_worker_moves_only_its_own_clients(
     assert took < 2.0, f"{took:.2f} s before every client was answered again"
     moved = [i for i, p in enumerate(clients.peers("after")) if p != before[i]]
     assert len(moved) == sessions[victim], (moved, sessions)
-    await _eventually(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
+    await until(lambda: len(pool.pids()) == 2 and victim not in pool.pids())
     replacement = next(pid for pid in pool.pids() if pid not in sessions)
     await clients.round("replaced")
     now = clients.peers("replaced")
@@ -210,7 +174,7 @@ async def test_control_plane_restart_then_a_dead_worker_then_reload_keep_udp_for
     sessions = await _sessions(again)
     victim = max(sessions, key=lambda pid: sessions[pid])
     os.kill(victim, signal.SIGKILL)
-    await _eventually(lambda: len(again.pids()) == 2 and victim not in again.pids())
+    await until(lambda: len(again.pids()) == 2 and victim not in again.pids())
     await clients.round("replaced")
     replacement = next(pid for pid in again.pids() if pid not in sessions)
     assert (await _sessions(again))[replacement] == sessions[victim]
@@ -221,7 +185,7 @@ async def test_control_plane_restart_then_a_dead_worker_then_reload_keep_udp_for
     now = await _sessions(again)
     assert not set(now) & old and min(now.values()) > 0, now
     assert sum(now.values()) == 32
-    await _eventually(lambda: not any(_alive(pid) for pid in old))
+    await until(lambda: not any(process_alive(pid) for pid in old))
     await clients.round("drained")
     assert clients.peers("drained") == clients.peers("reloaded")
     assert again.running()[key].config["listen"] == DEVICE["listen"]
