@@ -6,7 +6,7 @@ Three ways to move a direction's bytes, chosen per relay:
   Measured against SPLICE on this project's machine (kernel 6.18, loopback on both sides of the
   proxy as on an LXD host; benchmarks/analysis.md): a single stream 29% faster, 8% less proxy CPU
   per GiB and 27% less for the receiving application, whose reads find the bytes still in cache
-  (zero-copy hands it pages the sender wrote long before). 64 KiB copies were slower than splice.
+  (zero-copy hands it pages the sender wrote long before). 64 KiB copies cost more CPU than splice.
 - ``SPLICE`` (``lxdproxy serve --relay splice``): ``os.splice`` socket -> pipe -> socket
   (zero-copy; the pipe is 1 MiB via ``F_SETPIPE_SZ``). Each direction starts in ``COPY`` and
   switches to splice once it has moved ``SPLICE_AFTER`` bytes: most connections are short, and two
@@ -28,6 +28,7 @@ import enum
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import socket
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from lxdproxy.forward.relay_state import (
 log = logging.getLogger(__name__)
 
 PIPE_SIZE = 1 << 20
-COPY_BUFFER = 1 << 20  # COPY: one read's worth; 64 KiB reads cost more CPU per GiB than splice
+COPY_BUFFER = 1 << 20  # COPY: one read's worth (64 KiB reads cost more CPU per GiB than splice)
 RIGHTS_BUFFER = 64 * 1024  # RIGHTS: each relay's own buffer (fds ride with their bytes)
 SPLICE_AFTER = 256 * 1024  # a SPLICE direction copies this much before it makes its pipe
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -55,7 +56,10 @@ RIGHTS_ANCILLARY = socket.CMSG_SPACE(253 * array.array("i").itemsize)
 # COPY reads land in this one buffer, shared by every relay on the loop (one thread): a read is
 # written out straight away, and only what the destination did not take is copied into the
 # direction's own buffer. A connection then costs no buffer of its own while its writes keep up.
-_SCRATCH = bytearray(COPY_BUFFER)
+# Anonymous memory, not a bytearray (whose zero fill would make all of it resident): a page counts
+# only once a read has written it, so a control plane that imports this and relays nothing, or a
+# worker whose reads are small, does not carry the whole MiB.
+_SCRATCH = mmap.mmap(-1, COPY_BUFFER)
 
 
 class RelayMode(enum.Enum):
@@ -85,7 +89,8 @@ class _Direction:
         self.reading = False
         self.writing = False
         self.pipe: tuple[int, int] | None = None
-        self.buf: bytearray | None = None  # COPY: _SCRATCH, or our own copy of a partial write
+        # COPY: _SCRATCH, or our own copy (bytes) of what a partial write left; RIGHTS: our own
+        self.buf: bytearray | bytes | mmap.mmap | None = None
         self.start = 0  # COPY/RIGHTS: buffered bytes are buf[start:start + state.buffered]
         self.fds: list[int] = []  # RIGHTS: received fds waiting to go out with the next send
         self.moved = 0
