@@ -10,7 +10,7 @@ from pathlib import Path
 from lxdproxy.daemon import DEFAULT_STATE_DIR, DaemonConfig, DaemonError, parse_host_port
 from lxdproxy.daemon import run as run_daemon
 from lxdproxy.errors import LxdError
-from lxdproxy.forward.stream_relay import RelayMode
+from lxdproxy.forward.stream_relay import STREAM_MODES, RelayMode
 from lxdproxy.log_format import EscapingFormatter
 from lxdproxy.nat.rules import DEFAULT_TABLE
 from lxdproxy.store import StoreError
@@ -40,11 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "address (an SO_REUSEPORT group with an eBPF selector; default "
                              "on). Off, or where bpf(2) is refused, one worker reads each "
                              "UDP device")
-    parser.add_argument("--relay", choices=["copy", "splice"], default="copy",
+    parser.add_argument("--relay", choices=[m.value for m in STREAM_MODES],
+                        default=RelayMode.COPY.value,
                         help="how a stream connection's bytes move: copy (recv/send through a "
                              "1 MiB buffer; default) or splice (zero-copy through a pipe). On the "
-                             "loopback and veth paths of an LXD host, copy moved a single stream "
-                             "29%% faster for 8%% less CPU (benchmarks/analysis.md)")
+                             "loopback paths of an LXD host copies moved a single stream faster "
+                             "for no more CPU (benchmarks/analysis.md)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 

@@ -73,6 +73,10 @@ class RelayMode(enum.Enum):
         return 6 if self is RelayMode.SPLICE else 2
 
 
+# What an operator chooses for stream devices (`serve --relay`); RIGHTS follows from unix -> unix.
+STREAM_MODES = (RelayMode.COPY, RelayMode.SPLICE)
+
+
 class _Direction:
     """The I/O of one direction; asks ``RelayState`` what to do after each step."""
 

@@ -24,7 +24,7 @@ import uvloop
 from lxdproxy.errors import DeviceStartError
 from lxdproxy.forward.budget import TrafficBudget, TrafficLimits, raise_nofile_limit
 from lxdproxy.forward.limits import CONNECT_TIMEOUT, UDP_IDLE_TIMEOUT
-from lxdproxy.forward.stream_relay import RelayMode
+from lxdproxy.forward.stream_relay import STREAM_MODES, RelayMode
 from lxdproxy.workers.channel import Channel, ChannelClosed
 from lxdproxy.workers.device_table import DeviceTable
 from lxdproxy.workers.protocol import (
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT)
     parser.add_argument("--udp-idle-timeout", type=float, default=UDP_IDLE_TIMEOUT)
     parser.add_argument("--relay", type=RelayMode, default=RelayMode.COPY,
-                        choices=[RelayMode.COPY, RelayMode.SPLICE])
+                        choices=STREAM_MODES)
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level, logging.INFO),
                         format=f"lxdproxy-worker[{os.getpid()}]: %(levelname)s %(name)s: "
