@@ -68,6 +68,7 @@ def _applies(workload: str, peer: str) -> bool:
 BASE_PORTS = {"direct": 0, "socat": 11000, "forkproxy": 12000, "lxdproxy": 13000, "lxdproxy-nat": 14000,
               "c-floor": 16000, "py-floor": 17000, "lxdproxy-base": 18000}  # 15000: restart.BASE_PORT
 FLOORS = {"c-floor": CFloor, "py-floor": PyFloor}
+DAEMON_PEERS = ("lxdproxy", "lxdproxy-nat")  # the peers this checkout's one daemon serves
 IPERF_PORTS = {name: IPERF_PORT + i for i, name in enumerate(report.PEER_ORDER)}
 
 
@@ -162,7 +163,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
                     raise
                 names.remove("lxdproxy-base")
                 skipped["lxdproxy-base"] = f"baseline {baseline}: {exc}"
-        if any(p in ("lxdproxy", "lxdproxy-nat") for p in names):
+        if any(p in DAEMON_PEERS for p in names):
             daemon = LxdproxyDaemon(lab, extra_args=serve_args)
             try:
                 daemon.start()
@@ -170,7 +171,7 @@ def run_benchmarks(lab: Any, sizes: Sizes, *, peers: list[str] | None = None,
             except Exception as exc:
                 if strict:
                     raise
-                for name in [p for p in names if p in ("lxdproxy", "lxdproxy-nat")]:
+                for name in [p for p in names if p in DAEMON_PEERS]:
                     names.remove(name)
                     skipped[name] = f"daemon did not start: {exc}"
         for name in names:
